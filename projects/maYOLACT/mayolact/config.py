@@ -1,0 +1,111 @@
+"""Config keys of maYOLACT. Every key the project reads is added here, with one comment each."""
+import math
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_mayolact_config"]
+
+
+def add_mayolact_config(cfg):
+    """Add maYOLACT's options to a Detectron2 config, in place.
+
+    Only new nodes are created (``MODEL.YOLACT``, ``INPUT.YOLACT``, ``SOLVER.YOLACT``); Detectron2's
+    own defaults are left untouched. Calling it twice is harmless.
+
+    Args:
+        cfg (CfgNode): a config from ``detectron2.config.get_cfg()``.
+    """
+    if "YOLACT" in cfg.MODEL:
+        return
+    _C = cfg
+
+    # ---------------------------------------------------------------- model
+    _C.MODEL.YOLACT = CN()
+    y = _C.MODEL.YOLACT
+    y.NUM_CLASSES = 80  # foreground classes; the softmax classifier has one more (background, last)
+    y.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # backbone levels the shared head runs on
+    y.NUM_PROTOTYPES = 32  # k, the number of prototype masks (and of coefficients per anchor)
+    y.HEAD_NUM_CONVS = 1  # shared 3x3 conv+ReLU layers before the cls / box / coefficient convs
+    y.PROTO_IN_FEATURE = "p3"  # backbone level the protonet and the semantic head run on
+    y.PROTO_CHANNELS = 256  # channels of the protonet's hidden convs
+    y.SEMSEG_HEAD = True  # train the auxiliary semantic-segmentation head (training only)
+
+    # Anchor assignment.
+    y.MATCHER = "ATSS"  # "ATSS" (adaptive training sample selection) or "FixedIoU" (YOLACT's)
+    y.ATSS_TOPK = 9  # ATSS candidates per level and per GT, by centre distance
+    y.ATSS_QUALITY = "maiou"  # ATSS proximity measure: "iou", "giou", "diou" or "maiou"
+    y.ATSS_CENTER_EPS = 0.01  # an anchor centre must lie inside the GT box by more than this (px)
+    y.MAIOU_BRUTEFORCE = False  # count mask pixels directly instead of integral images (Table 3)
+    y.IOU_THRESHOLDS = [0.4, 0.5]  # FixedIoU: negative below the first, positive from the second
+    y.IOU_LABELS = [0, -1, 1]  # FixedIoU: labels of the three IoU intervals
+    y.ALLOW_LOW_QUALITY_MATCHES = True  # FixedIoU: each GT also takes its best anchor
+
+    # YOLACT's own anchor geometry (used by YOLACTAnchorGenerator, the fixed-IoU baseline).
+    y.ANCHOR_REFERENCE_SIZE = 550  # strides are REFERENCE_SIZE / REFERENCE_GRID at every scale
+    y.ANCHOR_REFERENCE_GRID = [69, 35, 18, 9, 5]  # feature sizes of a 550 input, P3..P7
+
+    # Box coder.
+    y.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh) of Box2BoxTransform
+    y.SCALE_CLAMP = math.log(1000.0 / 16)  # |dw|, |dh| are clamped to this before exp()
+
+    # Losses.
+    y.NEG_POS_RATIO = 3  # OHEM: hardest negatives kept per positive, per image
+    y.CLS_LOSS_WEIGHT = 1.0  # weight of the OHEM softmax cross entropy
+    y.BOX_LOSS_WEIGHT = 1.5  # weight of the SmoothL1 box loss
+    y.SMOOTH_L1_BETA = 1.0  # beta of the SmoothL1 box loss
+    y.MASK_LOSS_WEIGHT = 8.0  # mask BCE weight: 6.125 for fixed IoU, 8 for ATSS (paper, Sec. 4)
+    y.SEMSEG_LOSS_WEIGHT = 1.0  # weight of the auxiliary semantic-segmentation loss
+    y.MAX_MASKS_TRAIN = 100  # positives per image that train the mask branch (random subset)
+
+    # Inference.
+    y.TOPK_CANDIDATES_PER_LEVEL = 1000  # anchors kept per level (by max foreground score) before NMS
+    y.SCORE_THRESH_TEST = 0.05  # detections must score above this
+    y.NMS_TYPE = "fast"  # "fast" (YOLACT's Fast NMS, class-wise) or "standard" (batched_nms)
+    y.NMS_THRESH_TEST = 0.5  # IoU threshold of either NMS
+    y.NMS_TOPK_PER_CLASS = 200  # Fast NMS: candidates per class
+    y.DETECTIONS_PER_IMAGE = 100  # detections kept per image
+    y.MASK_THRESHOLD = 0.5  # threshold on the sigmoid masks (after resizing) for pred_masks
+
+    # CARAFE FPN (maYOLACT).
+    y.CARAFE = CN()
+    y.CARAFE.UP_KERNEL = 5  # k_up, reassembly kernel size
+    y.CARAFE.UP_GROUP = 1  # groups of channels sharing one reassembly kernel
+    y.CARAFE.ENCODER_KERNEL = 3  # k_enc, kernel size of the content encoder
+    y.CARAFE.ENCODER_DILATION = 1  # dilation of the content encoder
+    y.CARAFE.COMPRESSED_CHANNELS = 64  # channels after the 1x1 channel compressor
+
+    # ResNet options beyond Detectron2's MODEL.RESNETS (which keeps depth, norm, stride, DCN stages).
+    y.DEFORM_INTERVAL = 1  # in DCN stages, every n-th block is deformable (YOLACT++ R-101: 3)
+    y.RESNET_WIDTH_SCALE = 1.0  # multiplies every ResNet width (stem, bottleneck, output): CPU demos
+
+    # ----------------------------------------------------------------- data
+    _C.INPUT.YOLACT = CN()
+    d = _C.INPUT.YOLACT
+    d.SIZE = 550  # S: images are squashed to S x S (no aspect ratio kept) in training and test
+    d.MIN_GT_SIZE = 4.0  # training GTs need width and height > this, in original pixels
+    d.PHOTOMETRIC = True  # SSD photometric distortion (brightness, contrast, saturation, hue, swap)
+    d.BRIGHTNESS_DELTA = 32  # brightness shift range +-delta
+    d.CONTRAST_RANGE = (0.5, 1.5)  # contrast factor range
+    d.SATURATION_RANGE = (0.5, 1.5)  # saturation factor range
+    d.HUE_DELTA = 18  # hue shift range +-delta, in degrees
+    d.EXPAND_PROB = 0.5  # probability of the zoom-out (Expand) step
+    d.EXPAND_RATIO = (1.0, 4.0)  # canvas-size ratio range of Expand
+    d.MIN_IOU_CROP = True  # SSD min-IoU random crop
+    d.MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)  # IoU thresholds the crop draws from (plus 'none', 'any')
+    d.MIN_CROP_SIZE = 0.3  # minimum crop side, relative to the image
+    d.FLIP_PROB = 0.5  # horizontal flip probability
+    d.INTEGRAL_IMAGES = True  # the train mapper emits per-instance integral images (for maIoU)
+    d.MAX_RESAMPLE = 100  # tries to draw an image that still has a GT after augmentation
+
+    # ----------------------------------------------------------- solver
+    _C.SOLVER.YOLACT = CN()
+    s = _C.SOLVER.YOLACT
+    s.GLOBAL_CLIP_NORM = 35.0  # clip the global L2 norm of all gradients to this (0 disables)
+    s.ITERS_PER_EPOCH = 0  # >0: step/cosine schedules change only at epoch boundaries (as mmdet)
+
+    # ---------------------------------------------------------- evaluation
+    _C.TEST.YOLACT = CN()
+    t = _C.TEST.YOLACT
+    t.COCO_BACKEND = "auto"  # COCO AP backend: "pycocotools", "faster_coco_eval" or "auto"
+    t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
+    t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
