@@ -1,0 +1,131 @@
+"""Optimizer, schedules and config loading of the training engine."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+
+from mayolact import add_mayolact_config
+from mayolact.engine import (
+    EpochCosineParamScheduler,
+    GlobalNormClipSGD,
+    build_yolact_lr_scheduler,
+    build_yolact_optimizer,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def shipped_configs():
+    return sorted(p for p in (REPO / "configs").rglob("*.yaml"))
+
+
+def test_global_norm_clip_scales_all_gradients_together():
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(4))
+    a.grad = torch.tensor([30.0, 0.0, 40.0])  # norm 50
+    b.grad = torch.full((4,), 60.0)  # norm 120; global norm 130
+    opt = GlobalNormClipSGD([a, b], max_norm=13.0, lr=1.0, momentum=0.0)
+    opt.step()
+    # Both gradients shrink by the same factor 13/130 (a per-parameter clip would not).
+    assert torch.allclose(a.detach(), -torch.tensor([3.0, 0.0, 4.0]), atol=1e-5)
+    assert torch.allclose(b.detach(), -torch.full((4,), 6.0), atol=1e-5)
+    assert math.isclose(float(opt.last_grad_norm), 130.0, rel_tol=1e-5)
+
+
+def test_global_norm_clip_leaves_small_gradients():
+    a = torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.tensor([0.3, 0.4])
+    GlobalNormClipSGD([a], max_norm=35.0, lr=1.0).step()
+    assert torch.allclose(a.detach(), -torch.tensor([0.3, 0.4]))
+
+
+def test_global_norm_clip_rejects_negative():
+    with pytest.raises(ValueError, match="GLOBAL_CLIP_NORM"):
+        GlobalNormClipSGD([torch.nn.Parameter(torch.zeros(1))], max_norm=-1.0, lr=0.1)
+
+
+def test_epoch_cosine_is_constant_inside_an_epoch():
+    s = EpochCosineParamScheduler(1.0, 0.0, max_iter=55 * 10, iters_per_epoch=10)
+    values = [s(it / 550) for it in range(550)]
+    for e in range(55):
+        chunk = values[e * 10:(e + 1) * 10]
+        assert max(chunk) == min(chunk)
+        assert math.isclose(chunk[0], 0.5 * (1 + math.cos(math.pi * e / 55)), abs_tol=1e-12)
+    assert values[0] == 1.0
+
+
+def _cfg(**solver):
+    cfg = get_cfg()
+    add_mayolact_config(cfg)
+    for k, v in solver.items():
+        setattr(cfg.SOLVER, k, v)
+    return cfg
+
+
+def _lrs(cfg, n):
+    model = torch.nn.Linear(2, 2)
+    opt = build_yolact_optimizer(cfg, model)
+    sched = build_yolact_lr_scheduler(cfg, opt)
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_then_epoch_cosine_lr():
+    cfg = _cfg(BASE_LR=0.008, LR_SCHEDULER_NAME="WarmupCosineLR", BASE_LR_END=0.0, MAX_ITER=1000,
+               WARMUP_ITERS=100, WARMUP_FACTOR=0.1)
+    cfg.SOLVER.YOLACT.ITERS_PER_EPOCH = 200
+    lrs = _lrs(cfg, 1000)
+    assert math.isclose(lrs[0], 0.008 * 0.1, rel_tol=1e-6)
+    assert math.isclose(lrs[50], 0.008 * (0.1 + 0.9 * 0.5), rel_tol=1e-6)  # mmdet's linear warmup
+    assert math.isclose(lrs[150], 0.008, rel_tol=1e-6)  # epoch 0 of the cosine: factor 1
+    assert math.isclose(lrs[450], 0.008 * 0.5 * (1 + math.cos(math.pi * 2 / 5)), rel_tol=1e-6)
+    assert lrs[400] == lrs[599]
+
+
+def test_multistep_lr_and_weight_decay_on_all_parameters():
+    cfg = _cfg(BASE_LR=0.004, STEPS=(20, 30), MAX_ITER=40, WARMUP_ITERS=0, GAMMA=0.1,
+               WEIGHT_DECAY=5e-4, WEIGHT_DECAY_NORM=5e-4, BIAS_LR_FACTOR=1.0)
+    lrs = _lrs(cfg, 40)
+    assert math.isclose(lrs[19], 0.004) and math.isclose(lrs[20], 0.0004)
+    assert math.isclose(lrs[30], 0.00004, rel_tol=1e-6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    opt = build_yolact_optimizer(cfg, model)
+    assert isinstance(opt, GlobalNormClipSGD)
+    assert all(g["weight_decay"] == 5e-4 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_config_loads_through_setup(path, tmp_path):
+    train_net = load_train_net()
+    args = train_net.default_argument_parser().parse_args(
+        ["--config-file", str(path), "OUTPUT_DIR", str(tmp_path)])
+    cfg = train_net.setup(args)
+    assert cfg.MODEL.META_ARCHITECTURE == "YOLACT"
+    assert cfg.INPUT.YOLACT.SIZE in (160, 400, 550, 700)
+
+
+def test_unknown_config_key_names_the_file_and_the_key(tmp_path):
+    train_net = load_train_net()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL:\n  YOLACT:\n    NOT_A_KEY: 3\n")
+    with pytest.raises(train_net.ConfigError, match=r"bad\.yaml.*NOT_A_KEY"):
+        train_net.load_config(str(bad))
+    with pytest.raises(train_net.ConfigError, match="not found"):
+        train_net.load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(train_net.ConfigError, match="NOPE"):
+        train_net.load_config("", ["MODEL.YOLACT.NOPE", "1"])

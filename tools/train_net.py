@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Train and evaluate YOLACT / maYOLACT with Detectron2.
+
+The standard Detectron2 project script: ``DefaultTrainer`` with YOLACT's mapper, optimizer (global
+gradient clip), epoch schedules and COCO AP + oLRP evaluation (``mayolact.engine.Trainer``).
+
+Examples::
+
+    python tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
+        --num-gpus 4
+    python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
+        MODEL.DEVICE cpu
+"""
+import logging
+import os
+import sys
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import mayolact  # noqa: F401  (registers the model, backbones and datasets)
+from mayolact import add_mayolact_config
+from mayolact.engine import Trainer
+
+
+class ConfigError(ValueError):
+    """A config file or command-line override could not be applied."""
+
+
+def load_config(config_file: str, opts=()):
+    """Build a frozen-ready config: Detectron2 defaults + maYOLACT keys + file + overrides.
+
+    Raises:
+        ConfigError: naming the file (or the override) and the unknown or invalid key.
+    """
+    cfg = get_cfg()
+    add_mayolact_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"{config_file}: config file not found")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            raise ConfigError(f"{config_file}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ConfigError(f"command-line override {list(opts)}: {e}") from e
+    return cfg
+
+
+def setup(args):
+    """Create the config from ``args`` and run Detectron2's default setup (logging, output dir)."""
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    try:
+        return launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except ConfigError as e:
+        logging.getLogger("mayolact").error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
