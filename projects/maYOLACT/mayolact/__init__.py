@@ -6,5 +6,6 @@ register the same names twice.
 """
 from .config import add_mayolact_config
 from .structures import IntegralImages, integral_images
+from . import backbone  # noqa: F401  (registers the backbones)
 
 __version__ = "0.1.0"

@@ -1,1 +1,28 @@
-"""(being written)"""
+"""maYOLACT backbones: ResNet with DCNv2 (torchvision), YOLACT's FPN, CARAFE and the CARAFE FPN.
+
+Importing this package registers ``build_mayolact_resnet``, ``build_yolact_resnet_fpn_backbone``
+and ``build_yolact_resnet_carafe_fpn_backbone`` in Detectron2's ``BACKBONE_REGISTRY``.
+"""
+from .carafe import CARAFEUpsample, carafe
+from .carafe_fpn import CARAFEFPN, build_yolact_resnet_carafe_fpn_backbone
+from .fpn import (
+    LastLevelP6P7NoReLU,
+    YOLACTFPN,
+    build_yolact_resnet_fpn_backbone,
+    xavier_init_convs,
+)
+from .resnet import ModulatedDeformBottleneck, ModulatedDeformConv2d, build_mayolact_resnet
+
+__all__ = [
+    "CARAFEUpsample",
+    "carafe",
+    "CARAFEFPN",
+    "build_yolact_resnet_carafe_fpn_backbone",
+    "LastLevelP6P7NoReLU",
+    "YOLACTFPN",
+    "build_yolact_resnet_fpn_backbone",
+    "xavier_init_convs",
+    "ModulatedDeformBottleneck",
+    "ModulatedDeformConv2d",
+    "build_mayolact_resnet",
+]
