@@ -1,1 +1,258 @@
-"""(being written)"""
+"""YOLACT inference tail: Fast NMS, prototype-mask assembly and cropping, full-image masks.
+
+Shape shorthand:
+    n: candidate detections of one image (after the per-level top-k).
+    K: foreground classes (scores exclude the background column).
+    k: prototypes (coefficients per detection).
+    T: candidates kept per class by Fast NMS (``top_k``, 200).
+    Hp, Wp: prototype resolution (2x P3).
+    S: the (square) network input; boxes before post-processing are in its pixels.
+
+Full-image masks never go through Detectron2's ``detector_postprocess`` ROI-mask path: they are
+carried under ``pred_global_masks`` (prototype resolution), which ``detector_postprocess`` filters
+along with the boxes, then resized straight to the output size and thresholded here.
+"""
+import logging
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+
+__all__ = [
+    "fast_nms",
+    "batched_box_iou",
+    "box_crop_region",
+    "crop_masks",
+    "assemble_masks",
+    "yolact_postprocess",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU of every pair in two batches of boxes, mmdet v2 style (no +1, union clamped at eps).
+
+    Args:
+        boxes1 (Tensor): (B, m, 4) as (x1, y1, x2, y2).
+        boxes2 (Tensor): (B, n, 4).
+        eps (float): lower bound of the union.
+
+    Returns:
+        Tensor: (B, m, n) IoU.
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = (area1[..., :, None] + area2[..., None, :] - inter).clamp(min=eps)
+    return inter / union
+
+
+def fast_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    coeffs: Optional[Tensor] = None,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.05,
+    top_k: int = 200,
+    max_num: int = 100,
+) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """YOLACT's Fast NMS, class-wise in parallel (SPEC 9.2, mmdet ``fast_nms``).
+
+    Per class, the ``top_k`` candidates by score are kept; a candidate is suppressed when its IoU
+    with any higher-scoring candidate of the same class (suppressed or not) exceeds
+    ``iou_threshold``; survivors also need ``score > score_threshold``. The survivors of all
+    classes are sorted by score and the first ``max_num`` kept (all when ``max_num <= 0``).
+
+    Args:
+        boxes (Tensor): (n, 4) decoded boxes.
+        scores (Tensor): (n, K) foreground class scores (no background column).
+        coeffs (Tensor or None): (n, k) mask coefficients, gathered along with the boxes.
+        iou_threshold (float): suppress when IoU > this.
+        score_threshold (float): keep when score > this.
+        top_k (int): candidates per class.
+        max_num (int): detections kept in all.
+
+    Returns:
+        boxes (Tensor): (m, 4).
+        scores (Tensor): (m,), descending.
+        classes (Tensor): int64 (m,), 0-based labels.
+        coeffs (Tensor or None): (m, k).
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"fast_nms: boxes must be (n, 4), got {tuple(boxes.shape)}")
+    if scores.dim() != 2 or scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"fast_nms: scores must be (n, K) with n = {boxes.shape[0]}, got {tuple(scores.shape)}"
+        )
+    if coeffs is not None and (coeffs.dim() != 2 or coeffs.shape[0] != boxes.shape[0]):
+        raise ValueError(
+            f"fast_nms: coeffs must be (n, k) with n = {boxes.shape[0]}, got {tuple(coeffs.shape)}"
+        )
+    num_classes = scores.shape[1]
+    if boxes.shape[0] == 0 or num_classes == 0 or top_k <= 0:
+        empty_coeffs = None if coeffs is None else coeffs[:0]
+        return boxes[:0], scores.new_zeros((0,)), torch.zeros(
+            (0,), dtype=torch.int64, device=boxes.device), empty_coeffs
+
+    cls_scores, idx = scores.t().sort(dim=1, descending=True, stable=True)  # (K, n)
+    idx = idx[:, :top_k]
+    cls_scores = cls_scores[:, :top_k]  # (K, T)
+    num_dets = idx.shape[1]
+    cand_boxes = boxes[idx.reshape(-1)].view(num_classes, num_dets, 4)
+
+    iou = batched_box_iou(cand_boxes, cand_boxes).triu_(diagonal=1)  # (K, T, T)
+    iou_max = iou.max(dim=1).values  # (K, T): max IoU with any higher-scoring candidate
+    keep = (iou_max <= iou_threshold) & (cls_scores > score_threshold)
+
+    classes = torch.arange(num_classes, device=boxes.device)[:, None].expand_as(keep)[keep]
+    out_boxes = cand_boxes[keep]
+    out_scores = cls_scores[keep]
+    anchor_idx = idx[keep]
+
+    out_scores, order = out_scores.sort(dim=0, descending=True, stable=True)
+    if max_num > 0:
+        order = order[:max_num]
+        out_scores = out_scores[:max_num]
+    out_coeffs = None if coeffs is None else coeffs[anchor_idx[order]]
+    return out_boxes[order], out_scores, classes[order], out_coeffs
+
+
+def box_crop_region(boxes: Tensor, height: int, width: int, padding: int = 1) -> Tensor:
+    """The pixels YOLACT's ``crop`` keeps for each box (SPEC 8, ``sanitize_coordinates``).
+
+    With ``x1 = min(x1, x2)``, ``x2 = max(new x1, x2)`` (the official order: a reversed box keeps
+    only its padding), then ``x1 = max(x1 - padding, 0)`` and
+    ``x2 = min(x2 + padding, width)``, pixel column ``c`` is kept iff ``x1 <= c < x2``; rows alike.
+    Coordinates stay float (no rounding).
+
+    Args:
+        boxes (Tensor): (N, 4) boxes in absolute pixels of the (height, width) mask grid.
+        height, width (int): the mask grid.
+        padding (int or float): pixels added on each side.
+
+    Returns:
+        Tensor: bool (N, height, width).
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"box_crop_region: boxes must be (N, 4), got {tuple(boxes.shape)}")
+    boxes = boxes.float()
+    x1 = torch.minimum(boxes[:, 0], boxes[:, 2])
+    x2 = torch.maximum(x1, boxes[:, 2])
+    y1 = torch.minimum(boxes[:, 1], boxes[:, 3])
+    y2 = torch.maximum(y1, boxes[:, 3])
+    x1 = (x1 - padding).clamp(min=0)
+    x2 = (x2 + padding).clamp(max=width)
+    y1 = (y1 - padding).clamp(min=0)
+    y2 = (y2 + padding).clamp(max=height)
+    cols = torch.arange(width, device=boxes.device, dtype=boxes.dtype)
+    rows = torch.arange(height, device=boxes.device, dtype=boxes.dtype)
+    keep_cols = (cols[None, :] >= x1[:, None]) & (cols[None, :] < x2[:, None])  # (N, W)
+    keep_rows = (rows[None, :] >= y1[:, None]) & (rows[None, :] < y2[:, None])  # (N, H)
+    return keep_rows[:, :, None] & keep_cols[:, None, :]
+
+
+def crop_masks(masks: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
+    """Zero every pixel of mask i outside box i (padded), as YOLACT's ``crop``.
+
+    Args:
+        masks (Tensor): (N, H, W) masks (probabilities or any values).
+        boxes (Tensor): (N, 4) boxes in absolute pixels of the mask grid.
+        padding (int or float): see :func:`box_crop_region`.
+
+    Returns:
+        Tensor: (N, H, W), same dtype as ``masks``.
+    """
+    if masks.dim() != 3 or boxes.shape[:1] != masks.shape[:1]:
+        raise ValueError(
+            "crop_masks: expected masks (N, H, W) and boxes (N, 4), got "
+            f"{tuple(masks.shape)} and {tuple(boxes.shape)}"
+        )
+    region = box_crop_region(boxes, masks.shape[1], masks.shape[2], padding)
+    return masks * region.to(masks.dtype)
+
+
+def assemble_masks(prototypes: Tensor, coeffs: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
+    """Instance masks ``crop(sigmoid(prototypes . coeffs))`` at prototype resolution (SPEC 8).
+
+    Args:
+        prototypes (Tensor): (k, Hp, Wp).
+        coeffs (Tensor): (n, k).
+        boxes (Tensor): (n, 4) crop boxes in prototype pixels.
+        padding (int): crop padding.
+
+    Returns:
+        Tensor: float32 (n, Hp, Wp) probabilities, zero outside the crops.
+    """
+    if prototypes.dim() != 3 or coeffs.dim() != 2 or coeffs.shape[1] != prototypes.shape[0]:
+        raise ValueError(
+            "assemble_masks: expected prototypes (k, Hp, Wp) and coeffs (n, k), got "
+            f"{tuple(prototypes.shape)} and {tuple(coeffs.shape)}"
+        )
+    logits = torch.einsum("khw,nk->nhw", prototypes.float(), coeffs.float())
+    return crop_masks(logits.sigmoid(), boxes, padding)
+
+
+def yolact_postprocess(
+    results: Instances,
+    prototypes: Tensor,
+    output_height: int,
+    output_width: int,
+    mask_threshold: float = 0.5,
+    crop_padding: int = 1,
+) -> Instances:
+    """Scale detections of one image to the output size and build full-image masks (SPEC 9.3-4).
+
+    Boxes are scaled per axis from the network input (``results.image_size``) to
+    (output_height, output_width), clipped, and empty ones dropped (Detectron2's
+    ``detector_postprocess``). Masks: ``sigmoid(prototypes . coeffs)`` cropped by the predicted
+    boxes (scaled to prototype resolution) with ``crop_padding``, resized bilinearly
+    (align_corners False) straight to the output size, and thresholded with ``> mask_threshold``.
+
+    Args:
+        results (Instances): image_size (S_h, S_w), with ``pred_boxes`` (in input pixels),
+            ``scores``, ``pred_classes`` and ``pred_coeffs`` (n, k).
+        prototypes (Tensor): (k, Hp, Wp) prototypes of this image.
+        output_height, output_width (int): the requested output size.
+        mask_threshold (float): threshold on the resized probabilities.
+        crop_padding (int): crop padding in prototype pixels.
+
+    Returns:
+        Instances: image_size (output_height, output_width), with ``pred_boxes``, ``scores``,
+        ``pred_classes`` and ``pred_masks`` bool (n', output_height, output_width).
+    """
+    for field in ("pred_boxes", "scores", "pred_classes", "pred_coeffs"):
+        if not results.has(field):
+            raise ValueError(f"yolact_postprocess: results lack the field '{field}'")
+    in_h, in_w = results.image_size
+    hp, wp = prototypes.shape[-2:]
+    boxes = results.pred_boxes.tensor
+    scale = boxes.new_tensor([wp / in_w, hp / in_h, wp / in_w, hp / in_h])
+    fields = dict(results.get_fields())
+    coeffs = fields.pop("pred_coeffs")
+    fields["pred_boxes"] = Boxes(boxes.clone())  # detector_postprocess scales boxes in place
+    masks = assemble_masks(prototypes, coeffs, boxes * scale, crop_padding)
+    out = detector_postprocess(
+        Instances(results.image_size, pred_global_masks=masks, **fields),
+        output_height,
+        output_width,
+    )
+    global_masks = out.get("pred_global_masks")
+    out.remove("pred_global_masks")
+    if len(out) == 0:
+        out.pred_masks = torch.zeros(
+            (0, int(output_height), int(output_width)), dtype=torch.bool, device=boxes.device)
+        return out
+    resized = F.interpolate(
+        global_masks[None], size=(int(output_height), int(output_width)), mode="bilinear",
+        align_corners=False,
+    )[0]
+    out.pred_masks = resized > mask_threshold
+    return out
