@@ -1,0 +1,417 @@
+"""YOLACT's dataset mapper: Detectron2 dataset dicts -> model inputs (SPEC 2.1-2.3, 13.3-13.4).
+
+Training, per image:
+
+1. read the image (``INPUT.FORMAT``, RGB in our configs) and check its size;
+2. parse the annotations as mmdet's ``CocoDataset`` does (skip ``ignore``, boxes that miss the
+   image, ``area <= 0``, ``w < 1`` or ``h < 1``); crowd annotations become crowd boxes;
+3. ``FilterAnnotations``: keep GTs with ``w > MIN_GT_SIZE and h > MIN_GT_SIZE`` (original pixels);
+4. decode the kept GT masks once, at the original resolution (polygons, uncompressed and
+   compressed RLE) into a (G, H, W) uint8 stack;
+5. augment (photometric, Expand, min-IoU crop, S x S resize, flip) the float32 image, boxes,
+   crowd boxes and masks together (see :mod:`mayolact.data.augmentation`);
+6. drop GTs whose mask became empty (see below) and emit ``Instances`` of size (S, S) with
+   ``gt_boxes`` (the transformed annotation boxes, not recomputed from the masks), ``gt_classes``,
+   ``gt_masks`` (``BitMasks``, bool) and, when ``INPUT.YOLACT.INTEGRAL_IMAGES``,
+   ``gt_integral_images`` (:func:`mayolact.structures.integral_images` of the final masks).
+
+Empty masks: the official code keeps GTs whose mask vanished (under the nearest down-scaling or
+the crop); maIoU then gives them no positive anchors (SPEC 6.4). We drop them instead, so every
+GT that reaches the model has pixels.
+
+Resampling: when no GT is left (after step 3 or 6) the mapper returns ``None``. Detectron2's
+``MapDataset`` (``detectron2/data/common.py``) then maps another, randomly chosen index of the
+(map-style) dataset, as mmdet's pipeline does when it returns None; an iterable dataset skips the
+element. Returning None ``INPUT.YOLACT.MAX_RESAMPLE`` times in a row raises a ``RuntimeError``
+(a dataset with no usable GT would otherwise loop forever).
+
+Test: read the image, resize it bilinearly to S x S, and emit a uint8 CHW tensor; annotations are
+dropped. ``height`` / ``width`` keep the original size, so outputs can be rescaled to it.
+"""
+
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
+
+from mayolact.data.augmentation import (
+    YOLACTAugInput,
+    build_yolact_test_augmentation,
+    build_yolact_train_augmentation,
+    filter_small_gts,
+)
+from mayolact.structures import integral_images
+
+__all__ = ["YOLACTDatasetMapper", "decode_segmentations", "parse_annotations"]
+
+logger = logging.getLogger(__name__)
+
+
+def _ann_name(ann: Dict, index: int) -> str:
+    ann_id = ann.get("id") if isinstance(ann, dict) else None
+    return (
+        f"annotation #{index} (id {ann_id})"
+        if ann_id is not None
+        else f"annotation #{index} (no id)"
+    )
+
+
+def _bad(file_name: str, ann: Dict, index: int, field: str, what: str) -> ValueError:
+    return ValueError(f"{file_name}: {_ann_name(ann, index)}: field '{field}': {what}")
+
+
+def _check_segmentation(segm, file_name: str, ann: Dict, index: int, hw: Tuple[int, int]):
+    """Validate one COCO segmentation; returns it with invalid (< 3 point) polygons removed."""
+    if isinstance(segm, dict):
+        if "counts" not in segm or "size" not in segm:
+            raise _bad(file_name, ann, index, "segmentation", "an RLE needs 'counts' and 'size'")
+        size = segm["size"]
+        if len(size) != 2 or [int(size[0]), int(size[1])] != [hw[0], hw[1]]:
+            raise _bad(
+                file_name,
+                ann,
+                index,
+                "segmentation",
+                f"RLE size {list(size)} does not match the image size {list(hw)}",
+            )
+        if not isinstance(segm["counts"], (list, str, bytes)):
+            raise _bad(
+                file_name,
+                ann,
+                index,
+                "segmentation",
+                f"RLE counts must be a list, str or bytes, got {type(segm['counts']).__name__}",
+            )
+        return segm
+    if isinstance(segm, (list, tuple)):
+        polys = []
+        for poly in segm:
+            if not isinstance(poly, (list, tuple, np.ndarray)):
+                raise _bad(
+                    file_name,
+                    ann,
+                    index,
+                    "segmentation",
+                    f"a polygon must be a list of numbers, got {type(poly).__name__}",
+                )
+            if len(poly) % 2 != 0:
+                raise _bad(
+                    file_name,
+                    ann,
+                    index,
+                    "segmentation",
+                    f"a polygon has an odd number of coordinates ({len(poly)})",
+                )
+            if len(poly) >= 6:  # fewer than 3 points: dropped, as detectron2's load_coco_json does
+                polys.append([float(v) for v in poly])
+        if not polys:
+            raise _bad(file_name, ann, index, "segmentation", "no polygon with at least 3 points")
+        return polys
+    raise _bad(
+        file_name,
+        ann,
+        index,
+        "segmentation",
+        f"expected polygons (list) or RLE (dict), got {type(segm).__name__}",
+    )
+
+
+def parse_annotations(
+    annos: Sequence[Dict],
+    file_name: str,
+    image_hw: Tuple[int, int],
+    num_classes: int,
+    need_masks: bool = True,
+):
+    """Validate and split Detectron2 annotations as mmdet's ``CocoDataset._parse_ann_info``.
+
+    Skipped (silently, as the official code): ``ignore`` set, a box that does not intersect the
+    image, ``area <= 0`` (when the field is present), ``w < 1`` or ``h < 1``.
+
+    Args:
+        annos: Detectron2 annotation dicts (``bbox``, ``bbox_mode``, ``category_id``
+            (contiguous), ``iscrowd``, ``segmentation``; ``id`` and ``area`` are optional).
+        file_name: image path, for error messages.
+        image_hw: (H, W) of the image.
+        num_classes: valid ``category_id`` are 0 .. num_classes-1.
+        need_masks: require a ``segmentation`` on every non-crowd annotation.
+
+    Returns:
+        tuple: ``boxes`` float32 (N, 4) XYXY, ``classes`` int64 (N,), ``segms`` list of N
+        validated segmentations (empty when not ``need_masks``), ``crowd_boxes`` float32 (M, 4).
+
+    Raises:
+        ValueError: naming the file, the annotation and the field, on a malformed annotation
+            (bbox not 4 finite numbers, negative size, unknown bbox_mode, category id out of range,
+            missing or malformed segmentation).
+    """
+    H, W = image_hw
+    boxes, classes, segms, crowd = [], [], [], []
+    for i, ann in enumerate(annos):
+        if not isinstance(ann, dict):
+            raise ValueError(
+                f"{file_name}: annotation #{i} must be a dict, got {type(ann).__name__}"
+            )
+        if ann.get("ignore", False):
+            continue
+        bbox = ann.get("bbox")
+        if bbox is None:
+            raise _bad(file_name, ann, i, "bbox", "missing")
+        try:
+            bbox = [float(v) for v in bbox]
+        except (TypeError, ValueError):
+            raise _bad(file_name, ann, i, "bbox", f"expected 4 numbers, got {bbox!r}") from None
+        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+            raise _bad(file_name, ann, i, "bbox", f"expected 4 finite numbers, got {bbox}")
+        mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
+        if mode not in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS):
+            raise _bad(
+                file_name, ann, i, "bbox_mode", f"expected XYWH_ABS or XYXY_ABS, got {mode!r}"
+            )
+        x1, y1 = bbox[0], bbox[1]
+        w, h = (bbox[2], bbox[3]) if mode == BoxMode.XYWH_ABS else (bbox[2] - x1, bbox[3] - y1)
+        if w < 0 or h < 0:
+            raise _bad(file_name, ann, i, "bbox", f"negative width or height ({w}, {h})")
+        iscrowd = ann.get("iscrowd", 0)
+        if iscrowd not in (0, 1, False, True):
+            raise _bad(file_name, ann, i, "iscrowd", f"expected 0 or 1, got {iscrowd!r}")
+        cat = ann.get("category_id")
+        if (
+            isinstance(cat, bool)
+            or not isinstance(cat, (int, np.integer))
+            or not 0 <= cat < num_classes
+        ):
+            raise _bad(
+                file_name,
+                ann,
+                i,
+                "category_id",
+                f"{cat!r} is not a contiguous class id in [0, {num_classes}) (is it in the "
+                "dataset's thing_dataset_id_to_contiguous_id mapping?)",
+            )
+        # mmdet's CocoDataset filters (silent skips).
+        inter_w = max(0.0, min(x1 + w, W) - max(x1, 0.0))
+        inter_h = max(0.0, min(y1 + h, H) - max(y1, 0.0))
+        if inter_w * inter_h == 0 or w < 1 or h < 1:
+            continue
+        if "area" in ann and ann["area"] is not None and float(ann["area"]) <= 0:
+            continue
+        xyxy = [x1, y1, x1 + w, y1 + h]
+        if iscrowd:
+            crowd.append(xyxy)
+            continue
+        if need_masks:
+            if "segmentation" not in ann:
+                raise _bad(
+                    file_name, ann, i, "segmentation", "missing (instance masks are required)"
+                )
+            segms.append(_check_segmentation(ann["segmentation"], file_name, ann, i, (H, W)))
+        boxes.append(xyxy)
+        classes.append(int(cat))
+    return (
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(classes, np.int64),
+        segms,
+        np.asarray(crowd, np.float32).reshape(-1, 4),
+    )
+
+
+def decode_segmentations(segms: Sequence, height: int, width: int) -> np.ndarray:
+    """Rasterise COCO segmentations at (height, width) with pycocotools (as mmdet's ``_poly2mask``).
+
+    Args:
+        segms: polygons (list of flat coordinate lists; the parts are merged), uncompressed RLE
+            (dict with list ``counts``) or compressed RLE (dict with str / bytes ``counts``).
+        height, width: the image size.
+
+    Returns:
+        ndarray: uint8 (G, height, width), values 0 / 1.
+    """
+    if len(segms) == 0:
+        return np.zeros((0, height, width), np.uint8)
+    rles = []
+    for s in segms:
+        if isinstance(s, dict):
+            counts = s["counts"]
+            if isinstance(counts, list):
+                rles.append(mask_util.frPyObjects(s, height, width))
+            else:
+                rles.append(
+                    {
+                        "size": list(s["size"]),
+                        "counts": counts.encode() if isinstance(counts, str) else counts,
+                    }
+                )
+        else:
+            rles.append(mask_util.merge(mask_util.frPyObjects(s, height, width)))
+    masks = mask_util.decode(rles)  # (H, W, G), Fortran order
+    return np.ascontiguousarray(masks.transpose(2, 0, 1))
+
+
+class YOLACTDatasetMapper:
+    """Map a Detectron2 dataset dict to YOLACT's inputs (see the module docstring).
+
+    Train output: ``{"image": float32 (3, S, S) tensor (unclipped, INPUT.FORMAT order), "height",
+    "width", "file_name", "image_id", "instances": Instances((S, S))}`` with ``gt_boxes``
+    (Boxes), ``gt_classes`` (int64), ``gt_masks`` (BitMasks (G, S, S) bool) and optionally
+    ``gt_integral_images`` (IntegralImages). Returns None when the image has no GT left.
+
+    Test output: ``{"image": uint8 (3, S, S) tensor, "height", "width", "file_name", "image_id"}``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        augmentations: List,
+        image_format: str,
+        num_classes: int,
+        min_gt_size: float = 4.0,
+        integral_images: bool = True,
+        max_resample: int = 100,
+    ):
+        """
+        Args:
+            is_train: training (annotations, random augmentation) or test mapping.
+            augmentations: Augmentations / Transforms applied in order (see
+                :func:`build_yolact_train_augmentation`).
+            image_format: ``INPUT.FORMAT`` of :func:`detectron2.data.detection_utils.read_image`.
+            num_classes: number of foreground classes; category ids must lie in [0, num_classes).
+            min_gt_size: FilterAnnotations threshold (strict), in original pixels.
+            integral_images: emit ``gt_integral_images``.
+            max_resample: consecutive images without a GT after which the mapper gives up.
+        """
+        if int(max_resample) < 1:
+            raise ValueError(f"YOLACTDatasetMapper: max_resample must be >= 1, got {max_resample}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.num_classes = int(num_classes)
+        self.min_gt_size = float(min_gt_size)
+        self.integral_images = bool(integral_images)
+        self.max_resample = int(max_resample)
+        self._num_failed = 0
+        mode = "training" if is_train else "inference"
+        logger.info(f"[YOLACTDatasetMapper] Augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        augs = (
+            build_yolact_train_augmentation(cfg)
+            if is_train
+            else build_yolact_test_augmentation(cfg)
+        )
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "num_classes": cfg.MODEL.YOLACT.NUM_CLASSES,
+            "min_gt_size": cfg.INPUT.YOLACT.MIN_GT_SIZE,
+            "integral_images": cfg.INPUT.YOLACT.INTEGRAL_IMAGES,
+            "max_resample": cfg.INPUT.YOLACT.MAX_RESAMPLE,
+        }
+
+    # ------------------------------------------------------------------------------ helpers
+    def _read_image(self, dataset_dict: Dict) -> np.ndarray:
+        if "file_name" not in dataset_dict:
+            raise ValueError(
+                f"YOLACTDatasetMapper: dataset dict has no 'file_name': {sorted(dataset_dict)}"
+            )
+        file_name = dataset_dict["file_name"]
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"YOLACTDatasetMapper: image file not found: {file_name}"
+            ) from e
+        except (OSError, ValueError, SyntaxError) as e:
+            raise OSError(f"YOLACTDatasetMapper: cannot read image file {file_name}: {e}") from e
+        utils.check_image_size(dataset_dict, image)
+        return image
+
+    def _give_up(self, dataset_dict: Dict, why: str) -> None:
+        self._num_failed += 1
+        if self._num_failed >= self.max_resample:
+            raise RuntimeError(
+                f"YOLACTDatasetMapper: {self._num_failed} images in a row had no usable "
+                "ground truth "
+                f"(last: {dataset_dict.get('file_name')}, {why}); check the dataset, "
+                "INPUT.YOLACT.MIN_GT_SIZE and INPUT.YOLACT.MAX_RESAMPLE"
+            )
+        logger.debug(
+            "YOLACTDatasetMapper: %s: %s; another image is drawn",
+            dataset_dict.get("file_name"),
+            why,
+        )
+
+    # ------------------------------------------------------------------------------- mapping
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
+        """
+        Args:
+            dataset_dict (dict): one image in Detectron2's dataset format.
+
+        Returns:
+            dict or None: the model input (see the class docstring); None (train only) when no
+            GT is left, so that ``MapDataset`` draws another image.
+        """
+        dataset_dict = dict(dataset_dict)  # shallow: the annotations are read, never modified
+        image = self._read_image(dataset_dict)
+        annos = dataset_dict.pop("annotations", None)
+        dataset_dict.pop("sem_seg_file_name", None)
+
+        if not self.is_train:
+            aug_input = T.AugInput(image)
+            self.augmentations(aug_input)
+            dataset_dict["image"] = torch.as_tensor(
+                np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
+            )
+            return dataset_dict
+
+        file_name = dataset_dict["file_name"]
+        H, W = image.shape[:2]
+        boxes, classes, segms, crowd = parse_annotations(
+            annos or [], file_name, (H, W), self.num_classes
+        )
+        keep = filter_small_gts(boxes, self.min_gt_size)
+        if not keep.any():
+            self._give_up(dataset_dict, "no ground truth larger than INPUT.YOLACT.MIN_GT_SIZE")
+            return None
+        keep_idx = np.flatnonzero(keep)
+        masks = decode_segmentations([segms[i] for i in keep_idx], H, W)
+
+        aug_input = YOLACTAugInput(
+            image.astype(np.float32),
+            boxes=boxes[keep_idx],
+            crowd_boxes=crowd,
+            masks=masks,
+            classes=classes[keep_idx],
+        )
+        self.augmentations(aug_input)
+
+        masks = aug_input.masks
+        nonempty = masks.reshape(masks.shape[0], -1).any(axis=1)
+        if not nonempty.any():
+            self._give_up(dataset_dict, "no ground truth left after augmentation")
+            return None
+        self._num_failed = 0
+
+        image = aug_input.image
+        S_h, S_w = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        instances = Instances((S_h, S_w))
+        instances.gt_boxes = Boxes(torch.as_tensor(aug_input.boxes[nonempty], dtype=torch.float32))
+        instances.gt_classes = torch.as_tensor(aug_input.classes[nonempty], dtype=torch.int64)
+        gt_masks = torch.from_numpy(np.ascontiguousarray(masks[nonempty])).bool()
+        instances.gt_masks = BitMasks(gt_masks)
+        if self.integral_images:
+            instances.gt_integral_images = integral_images(gt_masks)
+        dataset_dict["instances"] = instances
+        return dataset_dict
