@@ -1,1 +1,132 @@
-"""(being written)"""
+"""Evaluation: COCO AP (pycocotools or faster-coco-eval) and optimal LRP, for boxes and masks."""
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.utils.comm import is_main_process
+
+from .coco import (
+    COCO_BACKENDS,
+    SUPPORTED_TASKS,
+    MaYOLACTCOCOEvaluator,
+    coco_metrics,
+    coco_results_summary,
+    faster_coco_eval_available,
+    infer_tasks,
+    load_coco_gt,
+    read_coco_results,
+    resolve_coco_backend,
+    run_coco_eval,
+    to_dataset_category_ids,
+    validate_coco_results,
+)
+from .lrp import (
+    LRPEvaluator,
+    LRPResult,
+    compute_olrp,
+    format_lrp_table,
+    lrp_results_dict,
+    olrp_from_matches,
+)
+
+__all__ = [
+    "COCO_BACKENDS",
+    "SUPPORTED_TASKS",
+    "MaYOLACTCOCOEvaluator",
+    "LRPEvaluator",
+    "LRPResult",
+    "MergingDatasetEvaluators",
+    "build_mayolact_evaluator",
+    "coco_metrics",
+    "coco_results_summary",
+    "compute_olrp",
+    "faster_coco_eval_available",
+    "format_lrp_table",
+    "infer_tasks",
+    "load_coco_gt",
+    "lrp_results_dict",
+    "olrp_from_matches",
+    "read_coco_results",
+    "resolve_coco_backend",
+    "run_coco_eval",
+    "to_dataset_category_ids",
+    "validate_coco_results",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class MergingDatasetEvaluators(DatasetEvaluators):
+    """``DatasetEvaluators`` whose evaluators may report the same task: their metrics are merged.
+
+    Detectron2's ``DatasetEvaluators`` refuses two evaluators returning the same top-level key; here
+    COCO AP and LRP both report ``"bbox"`` and ``"segm"``, so ``results["segm"]`` holds "AP", ...,
+    "oLRP", .... Only a metric name produced twice for the same task is an error.
+    """
+
+    def evaluate(self):
+        results = OrderedDict()
+        for evaluator in self._evaluators:
+            result = evaluator.evaluate()
+            if not is_main_process() or result is None:
+                continue
+            for task, metrics in result.items():
+                if task not in results:
+                    results[task] = (
+                        OrderedDict(metrics) if isinstance(metrics, Mapping) else metrics
+                    )
+                    continue
+                if not (isinstance(results[task], Mapping) and isinstance(metrics, Mapping)):
+                    raise ValueError(
+                        f"Two evaluators produce results for {task!r} that cannot be merged"
+                    )
+                clash = sorted(set(results[task]) & set(metrics))
+                if clash:
+                    raise ValueError(
+                        f"Two evaluators produce the same metrics for {task!r}: {clash}"
+                    )
+                results[task].update(metrics)
+        return results
+
+
+def build_mayolact_evaluator(cfg, dataset_name: str, output_dir=None) -> MergingDatasetEvaluators:
+    """COCO AP (+ optimal LRP if ``TEST.YOLACT.LRP``) for boxes, and masks if ``MODEL.MASK_ON``.
+
+    Config keys: ``TEST.YOLACT.COCO_BACKEND`` ("auto", "pycocotools", "faster_coco_eval"),
+    ``TEST.YOLACT.LRP``, ``TEST.YOLACT.LRP_TAU``, ``TEST.DETECTIONS_PER_IMAGE`` (COCO's limit).
+
+    Args:
+        cfg: a config with maYOLACT's keys (``add_mayolact_config``).
+        dataset_name: a registered test dataset.
+        output_dir: where the predictions and the LRP per-class json are written (optional).
+
+    Returns:
+        A :class:`MergingDatasetEvaluators` (a Detectron2 ``DatasetEvaluators``): the COCO
+        evaluator, then the LRP evaluator, which reuses the COCO evaluator's ground truth and
+        encoded outputs.
+    """
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    coco = MaYOLACTCOCOEvaluator(
+        dataset_name,
+        tasks=tasks,
+        distributed=True,
+        output_dir=output_dir,
+        backend=cfg.TEST.YOLACT.COCO_BACKEND,
+        max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
+    evaluators = [coco]
+    if cfg.TEST.YOLACT.LRP:
+        evaluators.append(
+            LRPEvaluator(
+                dataset_name,
+                tasks=tasks,
+                distributed=True,
+                output_dir=output_dir,
+                tau=cfg.TEST.YOLACT.LRP_TAU,
+                max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+                coco_evaluator=coco,
+            )
+        )
+    return MergingDatasetEvaluators(evaluators)
