@@ -1,0 +1,321 @@
+"""maIoU (Alg. 1) against brute force and SPEC 14's worked example; GIoU / DIoU by hand."""
+import numpy as np
+import pytest
+import torch
+from detectron2.structures import BitMasks, Boxes, pairwise_iou
+
+from mayolact.maiou import (
+    mask_fraction_in_boxes,
+    mask_over_box,
+    paired_iou,
+    pairwise_diou,
+    pairwise_giou,
+    pairwise_maiou,
+    pairwise_maiou_bruteforce,
+    pairwise_maiou_pairs,
+)
+from mayolact.structures import integral_images
+
+
+# ----------------------------------------------------------------------------- helpers
+def worked_example():
+    """SPEC 14: 20x20 image, mask rows 5-14 x cols 5-9 (50 px), GT box [5,5,15,15]."""
+    masks = torch.zeros(1, 20, 20, dtype=torch.bool)
+    masks[0, 5:15, 5:10] = True
+    gt = torch.tensor([[5.0, 5.0, 15.0, 15.0]])
+    anchors = torch.tensor([
+        [5, 5, 15, 15], [5, 5, 10, 15], [10, 5, 15, 15], [0, 0, 10, 10], [7.5, 7.5, 12.5, 12.5],
+    ], dtype=torch.float32)
+    iou = [1.0, 0.5, 0.5, 25 / 175, 0.25]
+    maiou = [1.0, 1.0, 0.0, 50 / 175, 0.16]
+    return gt, anchors, masks, iou, maiou
+
+
+def naive_maiou(gt, anchors, masks):
+    """Independent oracle: Python floats, Python's round (half to even), numpy slicing per pair."""
+    gt, anchors = gt.double().tolist(), anchors.double().tolist()
+    masks = masks.numpy().astype(bool)
+    H, W = masks.shape[1:]
+    out = np.zeros((len(gt), len(anchors)))
+    for g, (gx1, gy1, gx2, gy2) in enumerate(gt):
+        area_m = int(masks[g].sum())
+        area_b = (gx2 - gx1) * (gy2 - gy1)
+        for a, (ax1, ay1, ax2, ay2) in enumerate(anchors):
+            iw = max(0.0, min(gx2, ax2) - max(gx1, ax1))
+            ih = max(0.0, min(gy2, ay2) - max(gy1, ay1))
+            inter = iw * ih
+            union = max(area_b + (ax2 - ax1) * (ay2 - ay1) - inter, 1e-6)
+            if inter <= 0 or area_m == 0:
+                continue
+            x1, y1, x2, y2 = (round(v) for v in (ax1, ay1, ax2, ay2))
+            x1, y1 = min(max(x1, 0), W), min(max(y1, 0), H)
+            x2, y2 = min(max(x2, 0), W), min(max(y2, 0), H)
+            cnt = int(masks[g, y1:y2, x1:x2].sum())
+            mob = area_m / (area_b + 1e-6)
+            out[g, a] = cnt / mob / union
+    return torch.from_numpy(out)
+
+
+def random_scene(gen, H=None, W=None, max_gt=5, max_anchors=40):
+    """GT boxes + masks + anchors with every edge case of SPEC 6.4 in the mix."""
+    H = H or int(torch.randint(8, 41, (1,), generator=gen))
+    W = W or int(torch.randint(8, 51, (1,), generator=gen))
+    G = int(torch.randint(0, max_gt + 1, (1,), generator=gen))
+    A = int(torch.randint(1, max_anchors + 1, (1,), generator=gen))
+
+    def rand_boxes(n, lo, hi, smin, smax):
+        xy = torch.rand(n, 2, generator=gen) * (hi - lo) + lo
+        wh = torch.rand(n, 2, generator=gen) * (smax - smin) + smin
+        b = torch.cat([xy, xy + wh], 1)
+        # Snap about a third of the coordinates to exact halves and a third to integers.
+        mode = torch.randint(0, 3, b.shape, generator=gen)
+        b = torch.where(mode == 0, torch.floor(b) + 0.5, torch.where(mode == 1, torch.round(b), b))
+        return torch.stack([torch.minimum(b[:, 0], b[:, 2]), torch.minimum(b[:, 1], b[:, 3]),
+                            torch.maximum(b[:, 0], b[:, 2]), torch.maximum(b[:, 1], b[:, 3])], 1)
+
+    gt = rand_boxes(G, 0, min(H, W) * 0.8, 1, max(H, W) * 0.7)
+    masks = torch.zeros(G, H, W, dtype=torch.bool)
+    for g in range(G):
+        kind = int(torch.randint(0, 5, (1,), generator=gen))
+        if kind == 0:
+            continue  # empty mask
+        x1, y1, x2, y2 = gt[g].floor().long().tolist()
+        noise = torch.rand(H, W, generator=gen) < 0.6
+        inside = torch.zeros(H, W, dtype=torch.bool)
+        inside[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
+        masks[g] = inside & noise
+        if kind == 1:  # a few pixels outside the box (nearest resizing can do that)
+            masks[g] |= torch.rand(H, W, generator=gen) < 0.03
+    # Anchors: ordinary, tiny (< 1 px), huge (> image) and partly or fully outside the image.
+    parts = [
+        rand_boxes(A, -10, max(H, W) + 5, 2, max(H, W) * 0.6),
+        rand_boxes(max(1, A // 4), -2, max(H, W), 0.05, 1.2),
+        rand_boxes(max(1, A // 8), -60, 0, max(H, W) * 1.5, max(H, W) * 3),
+    ]
+    anchors = torch.cat(parts, 0)
+    return gt, anchors, masks
+
+
+# ------------------------------------------------------------------------------- tests
+def test_worked_example_spec14():
+    gt, anchors, masks, iou, maiou = worked_example()
+    ii = integral_images(masks)
+    got = pairwise_maiou(gt, anchors, ii)
+    assert got.shape == (1, 5)
+    torch.testing.assert_close(got[0], torch.tensor(maiou), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pairwise_iou(Boxes(gt), Boxes(anchors))[0], torch.tensor(iou),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(pairwise_maiou_bruteforce(gt, anchors, masks)[0],
+                               torch.tensor(maiou), atol=1e-5, rtol=0)
+    torch.testing.assert_close(naive_maiou(gt, anchors, masks)[0].float(), torch.tensor(maiou),
+                               atol=1e-5, rtol=0)
+    # MOB = 50 / 100; the last anchor rounds half to even to [8,8,12,12] and covers 8 px.
+    torch.testing.assert_close(mask_over_box(gt, ii), torch.tensor([0.5]), atol=1e-6, rtol=0)
+    frac = mask_fraction_in_boxes(anchors, ii, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(frac, torch.tensor([0.5, 1.0, 0.0, 0.25, 8 / 25]), atol=1e-5, rtol=0)
+    # Boxes objects, dense integral images and BitMasks are accepted too.
+    torch.testing.assert_close(pairwise_maiou(Boxes(gt), Boxes(anchors), ii.dense()), got)
+    torch.testing.assert_close(pairwise_maiou_bruteforce(Boxes(gt), anchors, BitMasks(masks)), got)
+
+
+def test_alg1_equals_bruteforce_on_random_scenes():
+    gen = torch.Generator().manual_seed(0)
+    n_pairs = n_nonzero = 0
+    for scene in range(220):
+        gt, anchors, masks = random_scene(gen)
+        ii = integral_images(masks)
+        fast = pairwise_maiou(gt, anchors, ii)
+        brute = pairwise_maiou_bruteforce(gt, anchors, masks)
+        assert fast.shape == brute.shape == (len(gt), len(anchors))
+        assert not torch.isnan(fast).any(), scene
+        if fast.numel():
+            assert float(fast.min()) >= 0 and float(fast.max()) <= 1 + 1e-5, scene
+        torch.testing.assert_close(fast, brute, atol=1e-5, rtol=0, msg=f"scene {scene}")
+        if scene < 60:  # the slower pure-Python oracle on a subset
+            torch.testing.assert_close(fast.double(), naive_maiou(gt, anchors, masks),
+                                       atol=1e-5, rtol=0, msg=f"scene {scene}")
+        # Rows of empty masks are exactly 0.
+        empty = ~masks.flatten(1).any(1)
+        assert (fast[empty] == 0).all()
+        n_pairs += fast.numel()
+        n_nonzero += int((fast > 0).sum())
+    assert n_nonzero > 0.05 * n_pairs  # the scenes do exercise non-trivial pairs
+
+
+def test_maiou_equals_iou_when_masks_fill_integer_boxes():
+    gen = torch.Generator().manual_seed(1)
+    H, W = 40, 50
+    for _ in range(20):
+        xy = torch.randint(0, 30, (4, 2), generator=gen)
+        wh = torch.randint(1, 20, (4, 2), generator=gen)
+        gt = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([W, H]))], 1).float()
+        masks = torch.zeros(4, H, W, dtype=torch.bool)
+        for g, (x1, y1, x2, y2) in enumerate(gt.long().tolist()):
+            masks[g, y1:y2, x1:x2] = True
+        a_xy = torch.randint(-10, 50, (30, 2), generator=gen)
+        anchors = torch.cat([a_xy, a_xy + torch.randint(1, 30, (30, 2), generator=gen)], 1).float()
+        got = pairwise_maiou(gt, anchors, integral_images(masks))
+        torch.testing.assert_close(got, pairwise_iou(Boxes(gt), Boxes(anchors)), atol=1e-5, rtol=0)
+
+
+def test_dense_compact_and_chunking_agree_exactly():
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        gt, anchors, masks = random_scene(gen, max_gt=6, max_anchors=60)
+        ii = integral_images(masks)
+        ref = pairwise_maiou(gt, anchors, ii)
+        assert torch.equal(pairwise_maiou(gt, anchors, ii.dense()), ref)
+        assert torch.equal(pairwise_maiou(gt, anchors, ii.dense().long()), ref)
+        for chunk in (1, 3, 7, 1000):
+            assert torch.equal(pairwise_maiou(gt, anchors, ii, chunk_size=chunk), ref)
+
+
+def test_fast_lookup_equals_integral_images_box_counts():
+    from mayolact.maiou import _counts, _lookup
+
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(30):
+        gt, anchors, masks = random_scene(gen, max_gt=6)
+        G = len(gt)
+        if G == 0:
+            continue
+        ii = integral_images(masks)
+        lk = _lookup(ii)
+        assert torch.equal(lk.area.long(), ii.areas())
+        r = torch.round(anchors).long()
+        idx = torch.randint(0, G, (len(anchors),), generator=gen)
+        assert torch.equal(_counts(lk, r, idx).long(), ii.box_counts(r, idx))
+        rows = torch.arange(G)[:, None]
+        assert torch.equal(_counts(lk, r[None]).long(), ii.box_counts(r[None], rows))
+        # A table view (indexing shares the data) keeps working.
+        sub = ii[1:]
+        assert torch.equal(_counts(_lookup(sub), r[None]).long(),
+                           ii.box_counts(r[None], rows[1:]))
+
+
+def test_pairs_equal_pairwise_entries():
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(10):
+        gt, anchors, masks = random_scene(gen, max_gt=5)
+        if len(gt) == 0:
+            continue
+        ii = integral_images(masks)
+        full = pairwise_maiou(gt, anchors, ii)
+        idx = torch.randint(0, len(gt), (len(anchors),), generator=gen)
+        got = pairwise_maiou_pairs(gt, anchors, idx, ii)
+        assert torch.equal(got, full[idx, torch.arange(len(anchors))])
+        # Broadcast form: (G, A, 4) anchors with (G, 1) indices gives the whole matrix.
+        grid = pairwise_maiou_pairs(gt, anchors[None].expand(len(gt), -1, -1),
+                                    torch.arange(len(gt))[:, None], ii)
+        assert torch.equal(grid, full)
+
+
+def test_empty_inputs_and_empty_masks():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[1, 2:5, 2:5] = True
+    gt = torch.tensor([[1.0, 1.0, 6.0, 6.0], [1.0, 1.0, 6.0, 6.0]])
+    anchors = torch.tensor([[0.0, 0.0, 5.0, 5.0], [2.0, 2.0, 4.0, 4.0]])
+    ii = integral_images(masks)
+    out = pairwise_maiou(gt, anchors, ii)
+    assert torch.equal(out[0], torch.zeros(2)) and (out[1] > 0).all()
+    assert torch.equal(mask_over_box(gt, ii), torch.tensor([0.0, 9 / (25 + 1e-6)]))
+    assert pairwise_maiou(gt, anchors[:0], ii).shape == (2, 0)
+    no_gt = integral_images(torch.zeros(0, 10, 10, dtype=torch.bool))
+    assert pairwise_maiou(torch.zeros(0, 4), anchors, no_gt).shape == (0, 2)
+    assert pairwise_maiou_bruteforce(torch.zeros(0, 4), anchors,
+                                     torch.zeros(0, 10, 10, dtype=torch.bool)).shape == (0, 2)
+
+
+def test_float64_inputs_keep_float64():
+    gt, anchors, masks, _, maiou = worked_example()
+    out = pairwise_maiou(gt.double(), anchors.double(), integral_images(masks))
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out[0], torch.tensor(maiou, dtype=torch.float64), atol=1e-7, rtol=0)
+
+
+def test_giou_diou_by_hand():
+    gt = torch.tensor([[5.0, 5.0, 15.0, 15.0], [0.0, 0.0, 2.0, 2.0]])
+    anchors = torch.tensor([[5.0, 5.0, 15.0, 15.0], [5.0, 5.0, 10.0, 15.0], [0.0, 0.0, 10.0, 10.0],
+                            [3.0, 0.0, 5.0, 2.0]])
+    giou = pairwise_giou(gt, anchors)
+    diou = pairwise_diou(Boxes(gt), Boxes(anchors))
+    # GT 0: identical; left half (enclose = box, centres 2.5 apart, diagonal^2 200);
+    # [0,0,10,10] (IoU 25/175, enclose 15x15 = 225, centres (5,5)-(10,10), diagonal^2 450).
+    assert giou[0, 0] == pytest.approx(1.0) and diou[0, 0] == pytest.approx(1.0)
+    assert giou[0, 1] == pytest.approx(0.5) and diou[0, 1] == pytest.approx(0.5 - 6.25 / 200)
+    assert giou[0, 2] == pytest.approx(25 / 175 - 50 / 225, abs=1e-6)
+    assert diou[0, 2] == pytest.approx(25 / 175 - 50 / 450, abs=1e-6)
+    # GT 1 vs a disjoint neighbour: IoU 0, enclose 5x2 = 10, union 8; centres 3 apart, diag^2 29.
+    assert giou[1, 3] == pytest.approx(-0.2, abs=1e-6)
+    assert diou[1, 3] == pytest.approx(-9 / 29, abs=1e-6)
+    # Far apart: GIoU tends to -1, DIoU to -1.
+    far = pairwise_giou(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[1000.0, 1000, 1001, 1001]]))
+    assert -1 < float(far) < -0.99
+    # Degenerate boxes: eps clamps, no NaN.
+    pts = torch.tensor([[3.0, 3.0, 3.0, 3.0]])
+    assert torch.isfinite(pairwise_giou(pts, pts)).all()
+    assert torch.isfinite(pairwise_diou(pts, pts)).all()
+
+
+def test_paired_iou_matches_detectron2_pairwise_iou():
+    gen = torch.Generator().manual_seed(4)
+    a = torch.rand(30, 2, generator=gen) * 50
+    b = torch.rand(40, 2, generator=gen) * 50
+    boxes1 = torch.cat([a, a + 1 + torch.rand(30, 2, generator=gen) * 30], 1)
+    boxes2 = torch.cat([b, b + 1 + torch.rand(40, 2, generator=gen) * 30], 1)
+    torch.testing.assert_close(paired_iou(boxes1[:, None], boxes2[None]),
+                               pairwise_iou(Boxes(boxes1), Boxes(boxes2)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(gt=torch.zeros(4)), "gt_boxes must have shape"),
+    (dict(gt=torch.zeros(2, 5)), "gt_boxes must have shape"),
+    (dict(gt=torch.tensor([[5.0, 0, 1, 1]])), "gt_boxes has a box with x2 < x1"),
+    (dict(anchors=torch.tensor([[0.0, 5, 1, 1]])), "anchors has a box with x2 < x1"),
+    (dict(anchors=torch.tensor([[0.0, 0, float("nan"), 1]])), "anchors contains non-finite"),
+    (dict(gt=torch.tensor([[0.0, 0, float("inf"), 1]])), "gt_boxes contains non-finite"),
+    (dict(ii=integral_images(torch.zeros(2, 10, 10, dtype=torch.bool))), "2 integral images"),
+    (dict(ii=torch.zeros(1, 11, 11)), "integer"),
+    (dict(ii=torch.ones(1, 11, 11, dtype=torch.int32)), "zero first row"),
+    (dict(ii="masks"), "expected IntegralImages"),
+    (dict(chunk_size=0), "chunk_size"),
+])
+def test_pairwise_maiou_bad_input(kwargs, match):
+    gt, anchors, masks, _, _ = worked_example()
+    args = dict(gt=gt, anchors=anchors, ii=integral_images(masks))
+    chunk = kwargs.pop("chunk_size", None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        pairwise_maiou(args["gt"], args["anchors"], args["ii"], chunk_size=chunk)
+
+
+def test_pairs_and_bruteforce_bad_input():
+    gt, anchors, masks, _, _ = worked_example()
+    ii = integral_images(masks)
+    with pytest.raises(ValueError, match="gt_index must lie in"):
+        pairwise_maiou_pairs(gt, anchors, torch.tensor([0, 0, 0, 0, 1]), ii)
+    with pytest.raises(ValueError, match="integer"):
+        pairwise_maiou_pairs(gt, anchors, torch.zeros(5), ii)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        pairwise_maiou_pairs(gt, anchors, torch.zeros(3, dtype=torch.long), ii)
+    with pytest.raises(ValueError, match=r"anchors must have shape \(\.\.\., 4\)"):
+        pairwise_maiou_pairs(gt, anchors[:, :3], torch.zeros(5, dtype=torch.long), ii)
+    with pytest.raises(ValueError, match="masks holds 2 masks"):
+        pairwise_maiou_bruteforce(gt, anchors, masks.repeat(2, 1, 1))
+    with pytest.raises(ValueError, match="masks must be a"):
+        pairwise_maiou_bruteforce(gt, anchors, masks[0])
+    with pytest.raises(ValueError, match="boxes2 must have shape"):
+        pairwise_giou(gt, anchors[:, :2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        gt, anchors, masks = random_scene(gen)
+        ii = integral_images(masks)
+        cpu = pairwise_maiou(gt, anchors, ii)
+        gpu = pairwise_maiou(gt.cuda(), anchors.cuda(), ii.to("cuda"))
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
+        brute = pairwise_maiou_bruteforce(gt.cuda(), anchors.cuda(), masks.cuda())
+        torch.testing.assert_close(brute.cpu(), cpu, atol=1e-5, rtol=0)
