@@ -26,15 +26,18 @@ from mayolact.evaluation import (
     MaYOLACTCOCOEvaluator,
     MergingDatasetEvaluators,
     build_mayolact_evaluator,
+    check_tasks,
     coco_metrics,
     compute_olrp,
     faster_coco_eval_available,
     load_coco_gt,
     lrp_results_dict,
     olrp_from_matches,
+    read_coco_results,
     resolve_coco_backend,
     run_coco_eval,
     validate_coco_results,
+    write_json_atomic,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -668,3 +671,30 @@ def test_evaluate_tool_in_process(simple_gt, registered, tmp_path, capsys):
     )
     metrics = json.loads(out.read_text())
     assert metrics["bbox"]["AP"] is None and metrics["bbox"]["oLRP"] == 100.0
+
+
+# -------------------------------------------------------------------- shared helpers
+def test_check_tasks():
+    assert check_tasks(["segm", "bbox"]) == ("segm", "bbox")
+    assert check_tasks(()) == ()
+    with pytest.raises(ValueError, match=r"Unsupported LRP task\(s\) \['keypoints'\]"):
+        check_tasks(["bbox", "keypoints"], "LRP")
+
+
+def test_write_json_atomic_and_read_back(tmp_path):
+    path = tmp_path / "new" / "dir" / "results.json"
+    write_json_atomic(str(path), [{"image_id": 1, "score": 0.5}])
+    assert read_coco_results(str(path)) == [{"image_id": 1, "score": 0.5}]
+    write_json_atomic(str(path), [])  # replaces the old file
+    assert read_coco_results(str(path)) == []
+    # A payload json cannot encode: the old file stays whole and no temporary file is left.
+    with pytest.raises(TypeError):
+        write_json_atomic(str(path), [{"bad": object()}])
+    assert read_coco_results(str(path)) == []
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+    with pytest.raises(FileNotFoundError, match="missing.json: results file not found"):
+        read_coco_results(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    with pytest.raises(ValueError, match="bad.json: not valid json"):
+        read_coco_results(str(bad))

@@ -471,3 +471,27 @@ def test_coco_mini_mob_share_and_tools(coco_mini, tmp_path, capsys):
                                                   "--output", str(out)])
     _check_png(out)
     assert len(pairs["iou"]) > 100
+
+
+def test_save_figure_is_atomic_and_closes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "sub" / "dir" / "fig.png"
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert an.save_figure(fig, str(out), dpi=50) == str(out)
+    _check_png(out)
+    assert not plt.fignum_exists(fig.number)
+    before = out.read_bytes()
+    # A failing write (unknown format) keeps the old file whole, leaves no temporary file behind
+    # and still closes the figure.
+    fig, _ = plt.subplots()
+    bad = out.with_suffix(".notaformat")
+    with pytest.raises(ValueError):
+        an.save_figure(fig, str(bad))
+    assert not plt.fignum_exists(fig.number)
+    assert out.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir()] == ["fig.png"]

@@ -28,7 +28,7 @@ from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 import mayolact  # noqa: E402,F401  (registers the project's components)
 from mayolact.analysis import (analysis_cfg, disagreement_examples,  # noqa: E402
-                               gt_instances, register_figure_datasets)
+                               gt_instances, register_figure_datasets, save_figure)
 
 logger = logging.getLogger("mayolact.plot_anchor_disagreement")
 
@@ -103,11 +103,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, List[Dict]]:
             ax.axis("off")
             if r < len(shown[kind]):
                 ax.imshow(draw_example(shown[kind][r], metadata))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    fig.savefig(args.output, dpi=110)
-    plt.close(fig)
-    print(f"\nwrote {args.output}")
+    print(f"\nwrote {save_figure(fig, args.output, dpi=110)}")
     return shown
 
 

@@ -12,7 +12,6 @@ Example::
 """
 import argparse
 import logging
-import os
 import sys
 from typing import Dict, List, Optional
 
@@ -25,7 +24,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 
 import mayolact  # noqa: E402,F401  (registers the project's components)
 from mayolact.analysis import (analysis_cfg, iou_maiou_pairs,  # noqa: E402
-                               register_figure_datasets)
+                               register_figure_datasets, save_figure)
 
 logger = logging.getLogger("mayolact.plot_iou_vs_maiou")
 
@@ -90,11 +89,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"{', '.join(args.dataset)}: {n} pairs, S={size}", fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    fig.savefig(args.output, dpi=120)
-    plt.close(fig)
-    print(f"\nwrote {args.output}")
+    print(f"\nwrote {save_figure(fig, args.output, dpi=120)}")
     return pairs
 
 

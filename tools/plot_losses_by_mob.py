@@ -13,7 +13,6 @@ Example::
 """
 import argparse
 import logging
-import os
 import sys
 from typing import Dict, List, Optional
 
@@ -27,7 +26,7 @@ import torch  # noqa: E402
 import mayolact  # noqa: E402,F401  (registers the project's components)
 import mayolact.meta_arch  # noqa: E402,F401  (registers the YOLACT meta-architecture)
 from mayolact.analysis import (analysis_cfg, losses_by_mob,  # noqa: E402
-                               register_figure_datasets, squash_batches)
+                               register_figure_datasets, save_figure, squash_batches)
 
 logger = logging.getLogger("mayolact.plot_losses_by_mob")
 
@@ -109,10 +108,7 @@ def plot(result: Dict, output: str, title: str = "") -> None:
     ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    save_figure(fig, output, dpi=120)
 
 
 def run(model, cfg, args: argparse.Namespace) -> Dict:

@@ -11,7 +11,6 @@ on COCO train2017) and the histogram in per cent.
 """
 import argparse
 import logging
-import os
 import sys
 from typing import Dict, List, Optional
 
@@ -22,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mayolact  # noqa: E402,F401  (registers the project's components)
-from mayolact.analysis import gt_mob_ratios, register_figure_datasets  # noqa: E402
+from mayolact.analysis import (gt_mob_ratios, register_figure_datasets,  # noqa: E402
+                               save_figure)
 
 logger = logging.getLogger("mayolact.plot_mob_histogram")
 
@@ -73,11 +73,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
         ax.set_xlabel("MOB ratio |M| / |B|")
         ax.set_ylabel("% of ground truths")
         ax.set_xlim(0, 1)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    fig.savefig(args.output, dpi=120)
-    plt.close(fig)
-    print(f"\nwrote {args.output}")
+    print(f"\nwrote {save_figure(fig, args.output, dpi=120)}")
     return ratios
 
 

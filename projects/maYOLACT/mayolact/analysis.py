@@ -1,6 +1,7 @@
 """Analysis behind the paper's Figures 1-3: MOB ratios, IoU vs maIoU, losses by MOB ratio.
 
-No plotting here (see ``tools/plot_*.py``). Every function reads ground truths from Detectron2
+No plotting here (see ``tools/plot_*.py``), only :func:`save_figure`, which the tools share to
+write their figures atomically. Every function reads ground truths from Detectron2
 dataset dicts (polygons or RLE) and, where the figure is about the network's input, squashes the
 image to S x S as training and test do (boxes scaled and clipped to [0, S], masks resized with
 nearest), see :func:`squash_instances`.
@@ -17,6 +18,7 @@ Shape shorthand:
     P: (GT, anchor) pairs; K: foreground classes; k: prototypes; Hp, Wp: prototype size.
 """
 import logging
+import os
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -52,6 +54,7 @@ __all__ = [
     "per_anchor_losses",
     "losses_by_mob",
     "bin_statistics",
+    "save_figure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +107,45 @@ def analysis_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (),
     if size:
         cfg.INPUT.YOLACT.SIZE = int(size)
     return cfg
+
+
+def save_figure(fig, path: str, dpi: int = 120, tight: bool = True) -> str:
+    """Lay out (``tight_layout``), write a matplotlib figure atomically and close it.
+
+    The folder is created if needed; the figure goes to a temporary file in that folder, which then
+    replaces ``path`` (``os.replace``), so a crash never leaves a half-written image. The figure is
+    closed (``plt.close``) whether or not writing succeeded.
+
+    Args:
+        fig: a ``matplotlib.figure.Figure``.
+        path: the output file; its extension gives the format (``.png`` when there is none).
+        dpi: resolution.
+        tight: call ``fig.tight_layout()`` first.
+
+    Returns:
+        str: ``path``.
+    """
+    import matplotlib.pyplot as plt  # local: only the figure tools need matplotlib
+
+    try:
+        if tight:
+            fig.tight_layout()
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fmt = os.path.splitext(path)[1][1:].lower() or "png"
+        # A plain open (not mkstemp) so that the file gets the usual permissions.
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                fig.savefig(f, dpi=dpi, format=fmt)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    finally:
+        plt.close(fig)
+    return path
 
 
 # ------------------------------------------------------------------------------- data access

@@ -24,7 +24,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 
 from .carafe import CARAFEUpsample
-from .fpn import xavier_init_convs
+from .fpn import NoPaddingMixin, check_in_features, xavier_init_convs
 from .resnet import build_mayolact_resnet
 
 __all__ = ["CARAFEFPN", "build_yolact_resnet_carafe_fpn_backbone"]
@@ -32,7 +32,7 @@ __all__ = ["CARAFEFPN", "build_yolact_resnet_carafe_fpn_backbone"]
 logger = logging.getLogger(__name__)
 
 
-class CARAFEFPN(FPN):
+class CARAFEFPN(NoPaddingMixin, FPN):
     """FPN_CARAFE (SPEC 4.2): Detectron2's FPN laterals/outputs, two extra levels from the input's
     last feature, CARAFE x2 upsampling in a top-down pass over every level, no size divisibility."""
 
@@ -58,21 +58,15 @@ class CARAFEFPN(FPN):
             carafe_kwargs (dict or None): keyword arguments of :class:`CARAFEUpsample` other than
                 ``channels`` and ``scale_factor`` (``up_kernel``, ``up_group``, ...).
         """
-        shapes = bottom_up.output_shape()
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(
-                f"CARAFEFPN: in_features {missing} are not outputs of the bottom-up network "
-                f"({list(shapes)}); check MODEL.RESNETS.OUT_FEATURES"
-            )
+        check_in_features("CARAFEFPN", bottom_up, in_features)
         if num_extra_levels < 0:
             raise ValueError(f"CARAFEFPN: num_extra_levels must be >= 0, got {num_extra_levels}")
         super().__init__(
             bottom_up=bottom_up, in_features=in_features, out_channels=out_channels, norm=""
         )
-        self._size_divisibility = 0
         carafe_kwargs = dict(carafe_kwargs or {})
 
+        shapes = bottom_up.output_shape()
         last = shapes[in_features[-1]]
         stage = int(math.log2(last.stride))
         extra_laterals, extra_outputs = [], []
@@ -114,23 +108,9 @@ class CARAFEFPN(FPN):
             "carafe_kwargs": carafe_kwargs,
         }
 
-    @property
-    def size_divisibility(self) -> int:
-        return 0
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {}
-
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            x (Tensor): images, shape (N, C, H, W); any H, W (no padding needed).
-
-        Returns:
-            dict[str, Tensor]: ``p3``..``p7`` (for res3..res5 inputs), each (N, out_channels, h, w)
-                with h, w the bottom-up sizes for p3..p5 and ceil-halvings for p6, p7.
-        """
+        """Same contract as :meth:`mayolact.backbone.fpn.YOLACTFPN.forward`: images (N, C, H, W)
+        of any size in, ``p3``..``p7`` of shape (N, out_channels, h, w) out."""
         feats = self.bottom_up(x)
         n_in = len(self.in_features)
         lats = [conv(feats[f]) for conv, f in zip(self.level_lateral_convs, self.in_features)]

@@ -27,7 +27,9 @@ from .resnet import build_mayolact_resnet
 
 __all__ = [
     "LastLevelP6P7NoReLU",
+    "NoPaddingMixin",
     "YOLACTFPN",
+    "check_in_features",
     "xavier_init_convs",
     "build_yolact_resnet_fpn_backbone",
 ]
@@ -51,6 +53,31 @@ def xavier_init_convs(*modules: nn.Module):
                     nn.init.zeros_(m.bias)
 
 
+def check_in_features(owner: str, bottom_up: Backbone, in_features: List[str]) -> None:
+    """Raise a ``ValueError`` naming ``owner`` when ``bottom_up`` lacks one of ``in_features``."""
+    shapes = bottom_up.output_shape()
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"{owner}: in_features {missing} are not outputs of the bottom-up network "
+            f"({list(shapes)}); check MODEL.RESNETS.OUT_FEATURES"
+        )
+
+
+class NoPaddingMixin:
+    """For FPNs whose top-down path resizes to each lateral's size (project decision 1): any input
+    size works, so there is no size divisibility and no padding constraint. List it before ``FPN``
+    in the bases so that these properties override Detectron2's."""
+
+    @property
+    def size_divisibility(self) -> int:
+        return 0
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {}
+
+
 class LastLevelP6P7NoReLU(LastLevelP6P7):
     """Detectron2's P6/P7 block without the ReLU before P7 (mmdet
     ``relu_before_extra_convs=False``).
@@ -70,7 +97,7 @@ class LastLevelP6P7NoReLU(LastLevelP6P7):
         return [p6, self.p7(p6)]
 
 
-class YOLACTFPN(FPN):
+class YOLACTFPN(NoPaddingMixin, FPN):
     """FPN of YOLACT / maYOLACT's Table 2 models (SPEC 4.1): Detectron2's FPN, bilinear top-down,
     P6/P7 from C5 without ReLU, no size divisibility."""
 
@@ -97,12 +124,7 @@ class YOLACTFPN(FPN):
             top_block (nn.Module or None): extra levels, e.g. :class:`LastLevelP6P7NoReLU`.
             fuse_type (str): "sum" or "avg".
         """
-        missing = [f for f in in_features if f not in bottom_up.output_shape()]
-        if missing:
-            raise ValueError(
-                f"YOLACTFPN: in_features {missing} are not outputs of the bottom-up network "
-                f"({list(bottom_up.output_shape())}); check MODEL.RESNETS.OUT_FEATURES"
-            )
+        check_in_features("YOLACTFPN", bottom_up, in_features)
         super().__init__(
             bottom_up=bottom_up,
             in_features=in_features,
@@ -111,7 +133,6 @@ class YOLACTFPN(FPN):
             top_block=top_block,
             fuse_type=fuse_type,
         )
-        self._size_divisibility = 0
         # The bottom-up network keeps its own (ImageNet / MSRA, zero DCN offsets) initialisation.
         xavier_init_convs(*self.lateral_convs, *self.output_convs, self.top_block)
 
@@ -134,14 +155,6 @@ class YOLACTFPN(FPN):
             "top_block": LastLevelP6P7NoReLU(shapes[top_in].channels, out_channels, top_in),
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
         }
-
-    @property
-    def size_divisibility(self) -> int:
-        return 0
-
-    @property
-    def padding_constraints(self) -> Dict[str, int]:
-        return {}
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """

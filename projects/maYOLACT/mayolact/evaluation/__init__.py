@@ -11,6 +11,7 @@ from .coco import (
     COCO_BACKENDS,
     SUPPORTED_TASKS,
     MaYOLACTCOCOEvaluator,
+    check_tasks,
     coco_metrics,
     coco_results_summary,
     faster_coco_eval_available,
@@ -21,6 +22,7 @@ from .coco import (
     run_coco_eval,
     to_dataset_category_ids,
     validate_coco_results,
+    write_json_atomic,
 )
 from .lrp import (
     LRPEvaluator,
@@ -39,6 +41,7 @@ __all__ = [
     "LRPResult",
     "MergingDatasetEvaluators",
     "build_mayolact_evaluator",
+    "check_tasks",
     "coco_metrics",
     "coco_results_summary",
     "compute_olrp",
@@ -53,6 +56,7 @@ __all__ = [
     "run_coco_eval",
     "to_dataset_category_ids",
     "validate_coco_results",
+    "write_json_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,26 +111,17 @@ def build_mayolact_evaluator(cfg, dataset_name: str, output_dir=None) -> Merging
         evaluator, then the LRP evaluator, which reuses the COCO evaluator's ground truth and
         encoded outputs.
     """
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-    coco = MaYOLACTCOCOEvaluator(
-        dataset_name,
-        tasks=tasks,
+    # What both evaluators must agree on.
+    common = dict(
+        tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
         distributed=True,
         output_dir=output_dir,
-        backend=cfg.TEST.YOLACT.COCO_BACKEND,
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
     )
+    coco = MaYOLACTCOCOEvaluator(dataset_name, backend=cfg.TEST.YOLACT.COCO_BACKEND, **common)
     evaluators = [coco]
     if cfg.TEST.YOLACT.LRP:
         evaluators.append(
-            LRPEvaluator(
-                dataset_name,
-                tasks=tasks,
-                distributed=True,
-                output_dir=output_dir,
-                tau=cfg.TEST.YOLACT.LRP_TAU,
-                max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-                coco_evaluator=coco,
-            )
+            LRPEvaluator(dataset_name, tau=cfg.TEST.YOLACT.LRP_TAU, coco_evaluator=coco, **common)
         )
     return MergingDatasetEvaluators(evaluators)

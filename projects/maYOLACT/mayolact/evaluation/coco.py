@@ -35,6 +35,7 @@ from detectron2.utils.file_io import PathManager
 __all__ = [
     "COCO_BACKENDS",
     "SUPPORTED_TASKS",
+    "check_tasks",
     "faster_coco_eval_available",
     "resolve_coco_backend",
     "load_coco_gt",
@@ -43,6 +44,7 @@ __all__ = [
     "infer_tasks",
     "read_coco_results",
     "validate_coco_results",
+    "write_json_atomic",
     "MaYOLACTCOCOEvaluator",
     "coco_results_summary",
     "coco_metrics",
@@ -53,6 +55,23 @@ logger = logging.getLogger(__name__)
 COCO_BACKENDS = ("auto", "pycocotools", "faster_coco_eval")
 SUPPORTED_TASKS = ("bbox", "segm")
 _FIELD_OF_TASK = {"bbox": "bbox", "segm": "segmentation"}
+
+
+def check_tasks(tasks: Sequence[str], what: str = "COCO") -> tuple:
+    """``tasks`` as a tuple, after checking that each is in :data:`SUPPORTED_TASKS`.
+
+    Args:
+        tasks: task names, e.g. ``("bbox", "segm")``.
+        what: the metric, for the message (``"COCO"``, ``"LRP"``).
+
+    Raises:
+        ValueError: naming the unsupported tasks.
+    """
+    tasks = tuple(tasks)
+    bad = [t for t in tasks if t not in SUPPORTED_TASKS]
+    if bad:
+        raise ValueError(f"Unsupported {what} task(s) {bad}; expected a subset of {SUPPORTED_TASKS}")
+    return tasks
 
 
 def faster_coco_eval_available() -> bool:
@@ -100,6 +119,43 @@ def _is_faster_coco(coco_api) -> bool:
     return type(coco_api).__module__.startswith("faster_coco_eval")
 
 
+def _read_json(path: str, what: str):
+    """The parsed content of a json file (any path PathManager understands).
+
+    Raises:
+        FileNotFoundError: naming ``path`` and ``what`` it should be, when it does not exist.
+        ValueError: naming ``path``, when it is not valid json.
+    """
+    if not PathManager.isfile(path):
+        raise FileNotFoundError(f"{path}: {what} not found")
+    with PathManager.open(path, "r") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid json ({e})") from e
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """Write ``payload`` as json; a local file goes through a temporary file in its folder and
+    ``os.replace``, so that no half-written file is left behind (other PathManager URIs are
+    written directly). The folder is created if needed."""
+    if "://" in path:
+        with PathManager.open(path, "w") as f:
+            json.dump(payload, f)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def load_coco_gt(json_file: str, backend: str = "pycocotools"):
     """Load a COCO ground-truth json with the COCO class of ``backend`` (its chatter silenced).
 
@@ -116,14 +172,7 @@ def load_coco_gt(json_file: str, backend: str = "pycocotools"):
         ValueError: when it is not valid json or not a COCO dict with "images" and "categories".
     """
     backend = resolve_coco_backend(backend)
-    local = PathManager.get_local_path(json_file)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"{json_file}: ground-truth json not found")
-    with open(local) as f:
-        try:
-            dataset = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_file}: not valid json ({e})") from e
+    dataset = _read_json(json_file, "ground-truth json")
     if not isinstance(dataset, dict) or "images" not in dataset or "categories" not in dataset:
         raise ValueError(
             f"{json_file}: not a COCO ground-truth file (needs 'images' and 'categories')"
@@ -182,8 +231,7 @@ def run_coco_eval(
     Raises:
         ValueError: for an unsupported ``iou_type`` or empty results.
     """
-    if iou_type not in SUPPORTED_TASKS:
-        raise ValueError(f"Unsupported COCO task {iou_type!r}; expected one of {SUPPORTED_TASKS}")
+    check_tasks([iou_type])
     if len(coco_results) == 0:
         raise ValueError(
             "run_coco_eval needs at least one detection (COCO cannot load empty results)"
@@ -262,13 +310,7 @@ def read_coco_results(path: str) -> list:
         FileNotFoundError: when the file is missing.
         ValueError: naming the file, when it is not valid json or not a json list.
     """
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"{path}: results file not found")
-    with PathManager.open(path, "r") as f:
-        try:
-            results = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid json ({e})") from e
+    results = _read_json(path, "results file")
     if not isinstance(results, list):
         raise ValueError(
             f"{path}: expected a json list of detections (COCO results format), "
@@ -319,9 +361,7 @@ def validate_coco_results(
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a list of detections, got a {type(results).__name__}")
     if tasks is not None:
-        bad = [t for t in tasks if t not in SUPPORTED_TASKS]
-        if bad:
-            raise ValueError(f"unknown task(s) {bad}; expected a subset of {list(SUPPORTED_TASKS)}")
+        check_tasks(tasks)
     required = ["image_id", "category_id", "score"]
     for i, r in enumerate(results):
         if not isinstance(r, dict):
@@ -406,12 +446,7 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
             allow_cached_coco: reuse a converted COCO json from an earlier run.
         """
         if tasks is not None:
-            tasks = tuple(tasks)
-            bad = [t for t in tasks if t not in SUPPORTED_TASKS]
-            if bad:
-                raise ValueError(
-                    f"Unsupported task(s) {bad}; expected a subset of {SUPPORTED_TASKS}"
-                )
+            tasks = check_tasks(tasks)
         super().__init__(
             dataset_name,
             tasks=tasks,
@@ -457,9 +492,7 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
         if self._output_dir:
             file_path = os.path.join(self._output_dir, "coco_instances_results.json")
             self._logger.info(f"Saving results to {file_path}")
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
-                f.flush()
+            write_json_atomic(file_path, coco_results)
 
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
@@ -494,8 +527,7 @@ def coco_metrics(coco_eval, iou_type: str, class_names: Optional[Sequence[str]] 
     Returns:
         OrderedDict: "AP", "AP50", "AP75", "APs", "APm", "APl", then "AP-<name>" per class.
     """
-    if iou_type not in SUPPORTED_TASKS:
-        raise ValueError(f"Unsupported COCO task {iou_type!r}; expected one of {SUPPORTED_TASKS}")
+    check_tasks([iou_type])
     names = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     nan = float("nan")
     if coco_eval is None:

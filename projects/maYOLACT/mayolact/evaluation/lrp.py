@@ -33,7 +33,6 @@ positions inside a run of equal scores. Both agree whenever the scores are disti
 import contextlib
 import io
 import itertools
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -51,10 +50,16 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
-from .coco import SUPPORTED_TASKS, _results_for_task, infer_tasks, to_dataset_category_ids
+from .coco import (
+    _results_for_task,
+    check_tasks,
+    infer_tasks,
+    load_coco_gt,
+    to_dataset_category_ids,
+    write_json_atomic,
+)
 
 __all__ = [
     "LRPResult",
@@ -272,8 +277,7 @@ def compute_olrp(
     Returns:
         :class:`LRPResult` over every category of ``coco_gt``.
     """
-    if iou_type not in SUPPORTED_TASKS:
-        raise ValueError(f"Unsupported LRP task {iou_type!r}; expected one of {SUPPORTED_TASKS}")
+    check_tasks([iou_type], "LRP")
     tau = _check_tau(tau)
     with contextlib.redirect_stdout(io.StringIO()):
         if len(coco_results):
@@ -403,14 +407,7 @@ class LRPEvaluator(DatasetEvaluator):
             allow_cached_coco: reuse a converted COCO json from an earlier run.
         """
         self._logger = logging.getLogger(__name__)
-        if tasks is not None:
-            tasks = tuple(tasks)
-            bad = [t for t in tasks if t not in SUPPORTED_TASKS]
-            if bad:
-                raise ValueError(
-                    f"Unsupported LRP task(s) {bad}; expected a subset of {SUPPORTED_TASKS}"
-                )
-        self._tasks = tasks
+        self._tasks = check_tasks(tasks, "LRP") if tasks is not None else None
         self._tau = _check_tau(tau)
         if int(max_dets_per_image) < 1:
             raise ValueError(f"max_dets_per_image must be >= 1, got {max_dets_per_image}")
@@ -434,9 +431,7 @@ class LRPEvaluator(DatasetEvaluator):
                 cache_path = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
                 self._metadata.json_file = cache_path
                 convert_to_coco_json(dataset_name, cache_path, allow_cached=allow_cached_coco)
-            json_file = PathManager.get_local_path(self._metadata.json_file)
-            with contextlib.redirect_stdout(io.StringIO()):
-                self._coco_api = COCO(json_file)
+            self._coco_api = load_coco_gt(self._metadata.json_file, "pycocotools")
         self._do_evaluation = "annotations" in self._coco_api.dataset
         self._predictions = []
         self.last_results: Dict[str, LRPResult] = {}
@@ -535,8 +530,6 @@ class LRPEvaluator(DatasetEvaluator):
             results[task] = res
 
         if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            path = os.path.join(self._output_dir, "lrp_results.json")
             payload = {
                 task: {
                     "tau": self._tau,
@@ -545,8 +538,7 @@ class LRPEvaluator(DatasetEvaluator):
                 }
                 for task, lrp in self.last_results.items()
             }
-            with PathManager.open(path, "w") as f:
-                json.dump(payload, f)
+            write_json_atomic(os.path.join(self._output_dir, "lrp_results.json"), payload)
         return results
 
 
