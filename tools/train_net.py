@@ -82,6 +82,7 @@ def cli(argv=None):
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
+        load_config(args.config_file, args.opts)  # fail here, not in each worker, on a bad config
         return launch(
             main,
             args.num_gpus,

@@ -112,8 +112,22 @@ def build_yolact_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer
 def build_yolact_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """Detectron2's schedulers, except that ``WarmupCosineLR`` with ``SOLVER.YOLACT.ITERS_PER_EPOCH``
     > 0 steps the cosine per epoch (SPEC 10). Multi-step milestones are given in iterations; the
-    shipped configs put them on epoch boundaries."""
+    shipped configs put them on epoch boundaries. Steps >= ``SOLVER.MAX_ITER`` are ignored (with a
+    warning), so short runs may override ``SOLVER.MAX_ITER`` alone."""
     ipe = cfg.SOLVER.YOLACT.ITERS_PER_EPOCH
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
+        steps = tuple(s for s in cfg.SOLVER.STEPS if s < cfg.SOLVER.MAX_ITER)
+        if steps != tuple(cfg.SOLVER.STEPS):
+            # Detectron2 keeps a step equal to MAX_ITER, which fvcore's scheduler rejects; a step
+            # at or after the last iteration never takes effect, so it is dropped here.
+            logger.warning(
+                "SOLVER.STEPS %s: steps >= SOLVER.MAX_ITER (%d) are ignored",
+                tuple(cfg.SOLVER.STEPS),
+                cfg.SOLVER.MAX_ITER,
+            )
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.STEPS = steps
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupCosineLR" or ipe <= 0:
         return d2_build_lr_scheduler(cfg, optimizer)
     end_value = cfg.SOLVER.BASE_LR_END / cfg.SOLVER.BASE_LR

@@ -1,0 +1,278 @@
+"""The command-line tools on real images: two-process CPU training, the demo, and bad inputs.
+
+* ``tools/train_net.py --num-gpus 2`` on CPU (gloo, Detectron2's ``launch``) trains and writes
+  ``model_final.pth`` (the CPU-DDP workaround of ``mayolact.engine.Trainer``);
+* ``tools/demo.py`` draws predictions on images (coco_mini val, or shapes images without
+  ``../shared``) and on a small mp4; a missing input or an unknown config key fails clearly;
+* ``train_net`` stops with an error naming the file and the field on a malformed annotation, and
+  naming the image on a missing image file.
+"""
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog
+from detectron2.engine import default_argument_parser
+
+import mayolact  # noqa: F401  (registers everything)
+from mayolact.data.datasets import register_coco_with_ids
+from mayolact.data.shapes import register_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+QUICK_CONFIG = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
+
+
+def load_tool(name):
+    """A script of ``tools/`` as a module (``train_net`` under its own name: demo imports it)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def tool_env(tmp_path):
+    """Environment of the tool subprocesses: one thread, tiny shapes sets in a private cache."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MAYOLACT_CACHE=str(tmp_path / "cache"),
+        MAYOLACT_SHAPES_TRAIN_IMAGES="8",
+        MAYOLACT_SHAPES_VAL_IMAGES="4",
+        MAYOLACT_SHAPES_SIZE="128",
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sample_images(tmp_path_factory):
+    """Three real images: coco_mini val when present, else rendered shapes images."""
+    if "coco_mini_val" in DatasetCatalog.list():
+        return [d["file_name"] for d in DatasetCatalog.get("coco_mini_val")[:3]]
+    name = "tools_shapes_images"
+    if name not in DatasetCatalog.list():
+        register_shapes(name, 3, 128, 5, cache_root=str(tmp_path_factory.mktemp("cache")))
+    return [d["file_name"] for d in DatasetCatalog.get(name)]
+
+
+# ------------------------------------------------------------ two-process CPU training (gloo)
+def test_two_process_cpu_training(tmp_path):
+    out = tmp_path / "out"
+    cmd = [PYTHON, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2",
+           "--dist-url", f"tcp://127.0.0.1:{free_port()}",
+           "--config-file", str(QUICK_CONFIG),
+           "MODEL.DEVICE", "cpu", "MODEL.YOLACT.NUM_CLASSES", "8", "INPUT.YOLACT.SIZE", "128",
+           "DATASETS.TRAIN", "('mayolact_shapes_train',)",
+           "DATASETS.TEST", "('mayolact_shapes_val',)", "MODEL.YOLACT.SCORE_THRESH_TEST", "0.0",
+           "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(tmp_path), capture_output=True,
+                          text=True, timeout=240)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert (out / "model_final.pth").is_file(), tail
+    log = (out / "log.txt").read_text()
+    assert "World size: 2" in log
+    assert (out / "log.txt.rank1").is_file()  # the second process ran
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    losses = [r for r in rows if "total_loss" in r]
+    assert losses[-1]["iteration"] == 1 and np.isfinite(losses[-1]["total_loss"])
+    # The final evaluation ran on both ranks and was gathered on the main one (4 val images).
+    evals = [r for r in rows if "segm/AP" in r]
+    assert evals and np.isfinite(evals[-1]["segm/AP"]) and np.isfinite(evals[-1]["bbox/oLRP"])
+    results = json.loads(
+        (out / "inference" / "mayolact_shapes_val" / "coco_instances_results.json").read_text())
+    assert {r["image_id"] for r in results} == {0, 1, 2, 3}
+
+
+# ------------------------------------------------------------------------------------- demo
+@pytest.fixture(scope="module")
+def demo_weights(tmp_path_factory):
+    """A checkpoint of the quick config whose head predicts class 0 (score ~0.4) on every anchor
+    with zero box deltas: every image gets detections (the anchors), so something is drawn.
+    (Random weights alone can leave an image without any detection.)"""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    cfg = load_tool("train_net").load_config(str(QUICK_CONFIG))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    head = model.head
+    with torch.no_grad():
+        for conv in (head.cls_score, head.bbox_pred):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        head.cls_score.bias.view(head.num_anchors, head.num_classes + 1)[:, 0] = 4.0
+    folder = tmp_path_factory.mktemp("weights")
+    DetectionCheckpointer(model, save_dir=str(folder)).save("demo")
+    return folder / "demo.pth"
+
+
+def _run_demo(argv):
+    demo = load_tool("demo")
+    return demo.main([str(a) for a in argv])
+
+
+def test_demo_draws_on_images(sample_images, demo_weights, tmp_path):
+    out = tmp_path / "vis"
+    code = _run_demo(["--config-file", QUICK_CONFIG, "--input", *sample_images, "--output", out,
+                      "--confidence-threshold", 0, "MODEL.WEIGHTS", demo_weights])
+    assert code == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(Path(f).stem + ".png" for f in sample_images)
+    for f in sample_images:
+        original = cv2.imread(f, cv2.IMREAD_COLOR)
+        drawn = cv2.imread(str(out / (Path(f).stem + ".png")), cv2.IMREAD_COLOR)
+        assert drawn.shape == original.shape
+        changed = np.abs(drawn.astype(np.int16) - original.astype(np.int16)).max(axis=2) > 0
+        assert changed.mean() > 0.01, f"{f}: nothing was drawn"
+
+
+def test_demo_folder_input(sample_images, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in sample_images[:2]:
+        (folder / Path(f).name).write_bytes(Path(f).read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "vis"
+    assert _run_demo(["--config-file", QUICK_CONFIG, "--input", folder, "--output", out]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        Path(f).stem + ".png" for f in sample_images[:2])
+
+
+def test_demo_video(demo_weights, tmp_path):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
+    assert writer.isOpened()
+    frames = []
+    for i in range(3):
+        frame = np.full((64, 96, 3), 40, np.uint8)
+        frame[10:40, 10 + 8 * i:50 + 8 * i] = (0, 200, 255)
+        frames.append(frame)
+        writer.write(frame)
+    writer.release()
+
+    out = tmp_path / "vis" / "drawn.mp4"
+    code = _run_demo(["--config-file", QUICK_CONFIG, "--video-input", video, "--output", out,
+                      "--confidence-threshold", 0, "MODEL.WEIGHTS", demo_weights])
+    assert code == 0 and out.is_file()
+    assert not list(out.parent.glob("*.part*"))
+    cap = cv2.VideoCapture(str(out))
+    read = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        read.append(frame)
+    cap.release()
+    assert len(read) == 3
+    for got, sent in zip(read, frames):
+        assert got.shape == sent.shape
+        assert np.abs(got.astype(np.int16) - sent.astype(np.int16)).mean() > 3  # drawings
+
+
+def test_demo_missing_input_names_the_path(tmp_path, capsys):
+    missing = tmp_path / "no_such_image.jpg"
+    code = _run_demo(["--config-file", QUICK_CONFIG, "--input", missing, "--output",
+                      tmp_path / "vis"])
+    assert code != 0
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "vis").exists()
+
+    missing_video = tmp_path / "no_such_clip.mp4"
+    code = _run_demo(["--config-file", QUICK_CONFIG, "--video-input", missing_video,
+                      "--output", tmp_path / "vis"])
+    assert code != 0
+    assert str(missing_video) in capsys.readouterr().err
+
+
+def test_demo_unknown_config_key_exits_2(sample_images, tmp_path):
+    """Through the real command line: exit status 2 and the key named on stderr."""
+    proc = subprocess.run(
+        [PYTHON, str(REPO / "tools" / "demo.py"), "--config-file", str(QUICK_CONFIG),
+         "--input", sample_images[0], "--output", str(tmp_path / "vis"),
+         "MODEL.YOLACT.NO_SUCH_KEY", "1"],
+        cwd=tmp_path, env=tool_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "MODEL.YOLACT.NO_SUCH_KEY" in proc.stderr
+    assert not (tmp_path / "vis").exists()
+
+
+# ------------------------------------------------------------------------------- train_net
+@pytest.mark.parametrize("num_gpus", ["1", "2"])
+def test_train_net_unknown_config_key_exits_2(num_gpus, tmp_path, capsys):
+    train_net = load_tool("train_net")
+    with pytest.raises(SystemExit) as exc:
+        train_net.cli(["--num-gpus", num_gpus, "--config-file", str(QUICK_CONFIG),
+                       "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.NO_SUCH_KEY", "3"])
+    assert exc.value.code == 2
+    assert "SOLVER.NO_SUCH_KEY" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # failed before any setup or worker
+
+
+def _tiny_coco(tmp_path, annotation, write_image=True):
+    """A one-image COCO json (64 x 48 image) registered under a fresh name."""
+    image = tmp_path / "img0.png"
+    if write_image:
+        rng = np.random.default_rng(0)
+        cv2.imwrite(str(image), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    coco = {
+        "images": [{"id": 1, "file_name": image.name, "height": 48, "width": 64}],
+        "annotations": [dict({"id": 7, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                              "area": 400.0}, **annotation)],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    json_file = tmp_path / "bad.json"
+    json_file.write_text(json.dumps(coco))
+    name = f"tools_bad_{uuid.uuid4().hex[:8]}"
+    register_coco_with_ids(name, json_file, tmp_path)
+    return name, image
+
+
+def _train(tmp_path, dataset):
+    train_net = load_tool("train_net")
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(QUICK_CONFIG), "OUTPUT_DIR", str(tmp_path / "out"),
+         "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()",
+         "MODEL.YOLACT.NUM_CLASSES", "1", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "1"])
+    return train_net.main(args)
+
+
+GOOD_POLYGON = [[10.0, 10.0, 40.0, 10.0, 40.0, 30.0, 10.0, 30.0]]
+
+
+def test_train_net_malformed_annotation_names_file_and_field(tmp_path):
+    name, image = _tiny_coco(tmp_path, {"bbox": [10.0, 10.0, 30.0],
+                                        "segmentation": GOOD_POLYGON})
+    with pytest.raises(ValueError) as exc:
+        _train(tmp_path, name)
+    message = str(exc.value)
+    assert str(image) in message and "'bbox'" in message and "id 7" in message, message
+    assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_train_net_missing_image_names_the_file(tmp_path):
+    name, image = _tiny_coco(tmp_path, {"bbox": [10.0, 10.0, 30.0, 20.0],
+                                        "segmentation": GOOD_POLYGON}, write_image=False)
+    with pytest.raises(FileNotFoundError) as exc:
+        _train(tmp_path, name)
+    assert str(image) in str(exc.value)
+    assert not (tmp_path / "out" / "model_final.pth").exists()

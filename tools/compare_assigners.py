@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Assigner study (Table 2 on your data): train every assigner with one schedule, several seeds.
+
+Trains YOLACT with the fixed IoU assigner and ATSS with IoU, GIoU, DIoU and maIoU, each for
+``--seeds`` seeds, with the same model, data and schedule (a base config, by default the CPU-sized
+shapes config), evaluates each on the test set with COCO AP (bbox and segm) and oLRP, and writes:
+
+* ``<output>/results.csv``: one row per run;
+* ``<output>/summary.md`` and ``summary.csv``: mean and standard deviation of mask AP, AP50, AP75,
+  APs, APm, APl and oLRP per assigner;
+* ``<output>/mask_ap.png``: a bar chart of mask AP (mean +- std).
+
+Assigner settings follow the paper: ATSS rows use one square anchor per location and mask-loss
+weight 8; the fixed-IoU row uses YOLACT's 3 anchors per location (ratios 0.5, 1, 2, sides 3x the
+level's base size, strides and centres from the input's feature-map sizes) and weight 6.125.
+
+Example::
+
+    python tools/compare_assigners.py --seeds 3 --output output/assigners SOLVER.MAX_ITER 600
+"""
+import argparse
+import csv
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+
+import mayolact  # noqa: F401
+from mayolact.engine import Trainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_net import ConfigError, load_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_BASE = os.path.join(REPO, "configs", "shapes", "yolact_shapes_study.yaml")
+ASSIGNERS = ["fixed_iou", "atss_iou", "atss_giou", "atss_diou", "atss_maiou"]
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+logger = logging.getLogger("mayolact.compare_assigners")
+
+
+def feature_sizes(size: int):
+    """P3..P7 sizes of a size x size input (ResNet stem, stride-2 convs, as SPEC 3)."""
+    def down(n, k=3, s=2, p=1):
+        return (n + 2 * p - k) // s + 1
+
+    c = down(down(size, 7, 2, 3))  # conv1, max-pool: C2
+    sizes = []
+    for _ in range(5):
+        c = down(c)
+        sizes.append(c)
+    return sizes
+
+
+def assigner_overrides(name: str, size: int):
+    """Config overrides that turn the base config into one Table 2 row."""
+    if name == "fixed_iou":
+        base = [8, 16, 32, 64, 128]
+        return [
+            "MODEL.YOLACT.MATCHER", "FixedIoU",
+            "MODEL.YOLACT.MASK_LOSS_WEIGHT", "6.125",
+            "MODEL.ANCHOR_GENERATOR.NAME", "YOLACTAnchorGenerator",
+            "MODEL.ANCHOR_GENERATOR.SIZES", str([[3 * b] for b in base]),
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
+            "MODEL.ANCHOR_GENERATOR.OFFSET", "0.5",
+            "MODEL.YOLACT.ANCHOR_REFERENCE_SIZE", str(size),
+            "MODEL.YOLACT.ANCHOR_REFERENCE_GRID", str(feature_sizes(size)),
+        ]
+    if not name.startswith("atss_"):
+        raise ValueError(f"unknown assigner {name!r}; choose from {ASSIGNERS}")
+    return [
+        "MODEL.YOLACT.MATCHER", "ATSS",
+        "MODEL.YOLACT.ATSS_QUALITY", name[len("atss_"):],
+        "MODEL.YOLACT.MASK_LOSS_WEIGHT", "8.0",
+    ]
+
+
+def run_one(base_config, assigner, seed, output, opts):
+    out_dir = os.path.join(output, f"{assigner}_seed{seed}")
+    cfg = load_config(base_config, list(opts))
+    cfg.merge_from_list(assigner_overrides(assigner, cfg.INPUT.YOLACT.SIZE)
+                        + ["SEED", str(seed), "OUTPUT_DIR", out_dir])
+    cfg.freeze()
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    results = Trainer.test(cfg, trainer.model)
+    row = {"assigner": assigner, "seed": seed, "train_min": (time.perf_counter() - start) / 60}
+    for task in ("segm", "bbox"):
+        for m in METRICS:
+            row[f"{task}_{m}"] = results.get(task, {}).get(m, float("nan"))
+        row[f"{task}_oLRP"] = results.get(task, {}).get("oLRP", float("nan"))
+    return row
+
+
+def summarise(rows):
+    """Mean and standard deviation per assigner of every metric column."""
+    keys = [k for k in rows[0] if k not in ("assigner", "seed")]
+    out = []
+    for a in ASSIGNERS:
+        runs = [r for r in rows if r["assigner"] == a]
+        if not runs:
+            continue
+        s = {"assigner": a, "runs": len(runs)}
+        for k in keys:
+            vals = [r[k] for r in runs]
+            s[k] = statistics.mean(vals)
+            s[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
+
+def write_csv(path, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def markdown(summary, title):
+    cols = [("segm", m) for m in METRICS] + [("segm", "oLRP"), ("bbox", "AP")]
+    lines = [title, "", "| assigner | runs | " + " | ".join(
+        f"mask {m}" if t == "segm" else "box AP" for t, m in cols) + " |",
+             "|---|---:|" + "---:|" * len(cols)]
+    for s in summary:
+        cells = [f"{s[f'{t}_{m}']:.1f} ± {s[f'{t}_{m}_std']:.1f}" for t, m in cols]
+        lines.append(f"| {s['assigner']} | {s['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [s["assigner"] for s in summary]
+    ax.bar(names, [s["segm_AP"] for s in summary], yerr=[s["segm_AP_std"] for s in summary],
+           capsize=4, color=["#999999", "#4c72b0", "#55a868", "#8172b2", "#c44e52"][: len(names)])
+    ax.set_ylabel("mask AP")
+    ax.set_title("Assigners (mean ± std over seeds)")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", default=DEFAULT_BASE, help="base config (any assigner)")
+    p.add_argument("--assigners", nargs="+", default=ASSIGNERS, choices=ASSIGNERS)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per assigner")
+    p.add_argument("--output", default="output/compare_assigners")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
+    args = p.parse_args(argv)
+    try:
+        base = load_config(args.config_file, args.opts)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    base.OUTPUT_DIR = args.output
+    default_setup(base, argparse.Namespace(config_file=args.config_file, opts=args.opts,
+                                           eval_only=False))
+    os.makedirs(args.output, exist_ok=True)
+    rows_path = os.path.join(args.output, "results.csv")
+    rows = []
+    for seed in range(args.seeds):
+        for a in args.assigners:
+            logger.info("=== %s, seed %d ===", a, seed)
+            rows.append(run_one(args.config_file, a, seed, args.output, args.opts))
+            write_csv(rows_path, rows)  # keep what is done if a later run fails
+    if not comm.is_main_process():
+        return 0
+    summary = summarise(rows)
+    write_csv(os.path.join(args.output, "summary.csv"), summary)
+    title = (f"Assigner study: {base.DATASETS.TRAIN[0]} -> {base.DATASETS.TEST[0]}, "
+             f"{base.SOLVER.MAX_ITER} iterations x {base.SOLVER.IMS_PER_BATCH} images, "
+             f"{args.seeds} seed(s), input {base.INPUT.YOLACT.SIZE}")
+    md = markdown(summary, title)
+    with open(os.path.join(args.output, "summary.md.tmp"), "w") as f:
+        f.write(md)
+    os.replace(os.path.join(args.output, "summary.md.tmp"), os.path.join(args.output, "summary.md"))
+    bar_chart(summary, os.path.join(args.output, "mask_ap.png"))
+    print(md)
+    with open(os.path.join(args.output, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
