@@ -170,27 +170,31 @@ def test_dense_compact_and_chunking_agree_exactly():
             assert torch.equal(pairwise_maiou(gt, anchors, ii, chunk_size=chunk), ref)
 
 
-def test_fast_lookup_equals_integral_images_box_counts():
-    from mayolact.maiou import _counts, _lookup
-
+def test_box_counts_both_layouts_equal_pixel_counts():
+    """The one lookup path (IntegralImages.box_counts) on maIoU's rounded anchors."""
     gen = torch.Generator().manual_seed(6)
     for _ in range(30):
         gt, anchors, masks = random_scene(gen, max_gt=6)
         G = len(gt)
         if G == 0:
             continue
+        H, W = masks.shape[1:]
         ii = integral_images(masks)
-        lk = _lookup(ii)
-        assert torch.equal(lk.area.long(), ii.areas())
         r = torch.round(anchors).long()
+        x1, x2 = r[:, 0].clamp(0, W), r[:, 2].clamp(0, W)
+        y1, y2 = r[:, 1].clamp(0, H), r[:, 3].clamp(0, H)
+        ref = torch.tensor([[int(masks[g, y1[a]:y2[a], x1[a]:x2[a]].sum()) for a in range(len(r))]
+                            for g in range(G)])
+        assert torch.equal(ii.areas(), masks.flatten(1).sum(1))
         idx = torch.randint(0, G, (len(anchors),), generator=gen)
-        assert torch.equal(_counts(lk, r, idx).long(), ii.box_counts(r, idx))
-        rows = torch.arange(G)[:, None]
-        assert torch.equal(_counts(lk, r[None]).long(), ii.box_counts(r[None], rows))
+        got = ii.box_counts(r, idx)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, ref[idx, torch.arange(len(r))])
+        assert torch.equal(ii.box_counts(r[None]), ref)  # (1, A) broadcast over the G rows
+        assert torch.equal(ii.box_counts(r[None].expand(G, -1, -1)), ref)
+        assert torch.equal(ii.box_counts(r, torch.arange(G)[:, None]), ref)
         # A table view (indexing shares the data) keeps working.
-        sub = ii[1:]
-        assert torch.equal(_counts(_lookup(sub), r[None]).long(),
-                           ii.box_counts(r[None], rows[1:]))
+        assert torch.equal(ii[1:].box_counts(r[None]), ref[1:])
 
 
 def test_pairs_equal_pairwise_entries():

@@ -390,3 +390,49 @@ def test_cuda_matches_cpu():
             a = m(levels, gt, **kw)
             b = m([lv.cuda() for lv in levels], gt.cuda(), **kw_cuda)
             assert as_lists(*a) == as_lists(b[0].cpu(), b[1].cpu())
+
+
+# ------------------------------------------------------------- tools/benchmark_assigner.py
+def _benchmark_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_assigner.py"
+    spec = importlib.util.spec_from_file_location("benchmark_assigner", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_train_iteration_prints_table(coco_mini, capsys):
+    tool = _benchmark_tool()
+    rows = tool.main(["--train-iteration", "--size", "128", "--batch", "2", "--iters", "1",
+                      "--bruteforce-iters", "1", "--warmup", "0",
+                      "--coco-mini", str(coco_mini)])
+    out = capsys.readouterr().out
+    assert "| assigner | anchors | s / iter | x ATSS w. IoU |" in out
+    assert "batch 2 x 128x128" in out and "coco_mini_train" in out
+    names = ["Fixed IoU thr.", "ATSS w. IoU", "ATSS w. maIoU (Alg. 1)", "brute force"]
+    assert all(n in out for n in names) and "ATSS w. maIoU / ATSS w. IoU = " in out
+    assert [r["key"] for r in rows] == ["fixed", "atss_iou", "atss_maiou", "atss_maiou_bf"]
+    assert [r["paper"] for r in rows] == [0.51, 0.57, 0.59, 41.89]
+    # 128 px: P3..P7 of 16, 8, 4, 2, 1 -> 341 locations; YOLACT has 3 anchors per location.
+    assert [r["anchors"] for r in rows] == [3 * 341, 341, 341, 341]
+    assert all(r["s_iter"] > 0 and r["s_assign"] > 0 for r in rows)
+
+
+def test_benchmark_assigner_cost_table(coco_mini, capsys):
+    tool = _benchmark_tool()
+    tool.main(["--images", "2", "--size", "128", "--repeats", "1", "--bruteforce-repeats", "1",
+               "--coco-mini", str(coco_mini)])
+    out = capsys.readouterr().out
+    assert "| step | anchors | ms / batch | x ATSS w. IoU |" in out
+    assert "All maIoU variants give identical assignments" in out
+
+
+def test_benchmark_bad_arguments():
+    tool = _benchmark_tool()
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--train-iteration", "--iters", "0"])
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--train-iteration", "--rows", "nope"])

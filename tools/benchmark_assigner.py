@@ -16,9 +16,32 @@ when coco_mini is absent), it times
 and prints a markdown table of the median time per batch over the repeats, with each row's ratio
 to ATSS w. IoU. It also checks that all maIoU variants give the same assignment.
 
-Example::
+``--train-iteration`` times whole training iterations instead (the paper's Table 3 column
+"training time per iteration"): the model of ``--config-file`` (default the quick ATSS-maIoU
+config: slim R-50 at quarter width, 64-channel FPN and protonet; any other config and ``opts``
+overrides work) is built once per assigner, switched by config overrides:
+
+* fixed IoU thresholds with YOLACT's anchors (3 per location, sides 24..384, offset 0.5, as
+  ``configs/quick_schedules/yolact_R_50_FPN_quick_fixediou.yaml``),
+* ATSS with IoU, ATSS with maIoU (Alg. 1, integral images from the mapper),
+* ATSS with brute-force maIoU (``MODEL.YOLACT.MAIOU_BRUTEFORCE True``),
+
+and each runs forward, backward and the SGD step (the project's optimizer, gradient clipping
+included) on the SAME batch of ``--batch`` images mapped once at ``--size`` (default 550) by
+``YOLACTDatasetMapper(cfg, is_train=True)`` (random augmentations, fixed seed) from
+``coco_mini_train``, or from ``mayolact_shapes_train`` (with 8 classes) when coco_mini is absent.
+Models start from the same random weights (no checkpoint is loaded). After ``--warmup``
+iterations per row, the iterations of all rows are interleaved (so that load changes on a shared
+machine hit every row alike) and the median over ``--iters`` (``--bruteforce-iters`` for the slow
+brute-force row) is printed with the ratio to ATSS w. IoU, the time spent in the anchor
+assignment (``label_anchors``) and the paper's numbers (full R-50 at 550, batch 8, V100).
+
+Examples::
 
     python tools/benchmark_assigner.py --repeats 20 --device cpu --images 8 --size 550
+    python tools/benchmark_assigner.py --train-iteration --iters 5 --bruteforce-iters 2
+    python tools/benchmark_assigner.py --train-iteration --device cuda \
+        --config-file configs/COCO-InstanceSegmentation/yolact_R_50_FPN_550_atss_maiou.yaml
 """
 import argparse
 import contextlib
@@ -42,6 +65,29 @@ from mayolact.matchers import ATSSMatcher, FixedIoUMatcher  # noqa: E402
 from mayolact.structures import integral_images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TRAIN_CONFIG = (REPO / "configs" / "quick_schedules"
+                        / "yolact_R_50_FPN_quick_atss_maiou.yaml")
+
+# --train-iteration rows: name, config overrides, the paper's Table 3 seconds per iteration.
+TRAIN_ROWS = {
+    "fixed": ("Fixed IoU thr. (YOLACT anchors)", [
+        "MODEL.YOLACT.MATCHER", "FixedIoU",
+        "MODEL.ANCHOR_GENERATOR.NAME", "YOLACTAnchorGenerator",
+        "MODEL.ANCHOR_GENERATOR.SIZES", "[[24], [48], [96], [192], [384]]",
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
+        "MODEL.ANCHOR_GENERATOR.OFFSET", "0.5",
+        "MODEL.YOLACT.MASK_LOSS_WEIGHT", "6.125",
+    ], 0.51),
+    "atss_iou": ("ATSS w. IoU", [
+        "MODEL.YOLACT.MATCHER", "ATSS", "MODEL.YOLACT.ATSS_QUALITY", "iou",
+        "MODEL.YOLACT.MAIOU_BRUTEFORCE", "False"], 0.57),
+    "atss_maiou": ("ATSS w. maIoU (Alg. 1)", [
+        "MODEL.YOLACT.MATCHER", "ATSS", "MODEL.YOLACT.ATSS_QUALITY", "maiou",
+        "MODEL.YOLACT.MAIOU_BRUTEFORCE", "False"], 0.59),
+    "atss_maiou_bf": ("ATSS w. maIoU, brute force (without Alg. 1)", [
+        "MODEL.YOLACT.MATCHER", "ATSS", "MODEL.YOLACT.ATSS_QUALITY", "maiou",
+        "MODEL.YOLACT.MAIOU_BRUTEFORCE", "True"], 41.89),
+}
 
 
 def feature_sizes(size):
@@ -131,20 +177,46 @@ def time_rows(fns, repeats, device):
     return [statistics.median(t) * 1000.0 for t in times]
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per row (median)")
     p.add_argument("--bruteforce-repeats", type=int, default=2,
                    help="timed repeats of the (slow) brute-force row")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--images", type=int, default=8, help="images per batch")
+    p.add_argument("--images", "--batch", dest="images", type=int, default=8,
+                   help="images per batch")
     p.add_argument("--size", type=int, default=550, help="square input size S")
     p.add_argument("--coco-mini", default=None,
                    help="coco_mini folder (default: $MAYOLACT_COCO_MINI, ../shared/data/coco_mini)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
-    args = p.parse_args()
+    t = p.add_argument_group("--train-iteration (Table 3, training time per iteration)")
+    t.add_argument("--train-iteration", action="store_true",
+                   help="time forward + backward + SGD step of a model with each assigner")
+    t.add_argument("--config-file", default=str(DEFAULT_TRAIN_CONFIG),
+                   help="base config (default: the quick ATSS-maIoU config)")
+    t.add_argument("--iters", type=int, default=5, help="timed iterations per row (median)")
+    t.add_argument("--bruteforce-iters", type=int, default=2,
+                   help="timed iterations of the (slow) brute-force row")
+    t.add_argument("--warmup", type=int, default=1, help="untimed iterations per row first")
+    t.add_argument("--rows", nargs="+", choices=list(TRAIN_ROWS), default=list(TRAIN_ROWS),
+                   help="assigners to time (default: all)")
+    t.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="config overrides KEY VALUE ... (after the options)")
+    args = p.parse_args(argv)
+    for name in ("repeats", "bruteforce_repeats", "images", "size", "iters", "bruteforce_iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.train_iteration:
+        return train_iteration_benchmark(args)
     device = torch.device(args.device)
 
     root = coco_root(args.coco_mini)
@@ -222,6 +294,150 @@ def main():
     print(f"\nATSS w. maIoU (Alg. 1) / ATSS w. IoU = {rows[3][2] / ref:.3f}; "
           f"brute force / Alg. 1 = {rows[5][2] / rows[3][2]:.1f}x "
           f"(vs the official full matrix: {rows[5][2] / rows[4][2]:.1f}x)")
+
+
+# ------------------------------------------------------------------- --train-iteration
+def _load_cfg(config_file, opts):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_net import load_config  # the project's config loading (file + mayolact keys)
+
+    return load_config(str(config_file), list(opts))
+
+
+def _train_batch(cfg, num_images, seed=0):
+    """``num_images`` training dicts mapped once (fixed seed); returns (batch, source text)."""
+    import random
+
+    from detectron2.data import DatasetCatalog
+
+    import mayolact  # noqa: F401  (registers the datasets)
+    from mayolact.data import YOLACTDatasetMapper
+
+    dataset = cfg.DATASETS.TRAIN[0]
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    mapper = YOLACTDatasetMapper(cfg, is_train=True)
+    batch = []
+    for d in DatasetCatalog.get(dataset):
+        out = mapper(dict(d))
+        if out is not None:
+            batch.append(out)
+        if len(batch) == num_images:
+            break
+    if len(batch) < num_images:
+        raise RuntimeError(f"{dataset}: only {len(batch)} images with a ground truth, "
+                           f"{num_images} asked (--batch)")
+    return batch, dataset
+
+
+def train_iteration_benchmark(args):
+    """Median training-iteration time with each assigner; prints and returns the table rows."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    import mayolact  # noqa: F401  (registers the model, backbones and datasets)
+    from mayolact.data.datasets import coco_mini_root, register_coco_mini
+    from mayolact.engine import build_yolact_optimizer
+
+    device = torch.device(args.device)
+    base = ["MODEL.DEVICE", str(device), "INPUT.YOLACT.SIZE", str(args.size),
+            "SOLVER.IMS_PER_BATCH", str(args.images), "INPUT.YOLACT.INTEGRAL_IMAGES", "True"]
+    root = Path(args.coco_mini) if args.coco_mini else coco_mini_root()
+    if root is not None and (root / "annotations" / "instances_train2017.json").is_file():
+        register_coco_mini(root)  # a no-op when the package registered it at import
+        data = ["DATASETS.TRAIN", "('coco_mini_train',)"]
+    else:  # no ../shared: the built-in shapes dataset
+        data = ["DATASETS.TRAIN", "('mayolact_shapes_train',)", "MODEL.YOLACT.NUM_CLASSES", "8"]
+    user = list(args.opts or [])
+    cfg = _load_cfg(args.config_file, base + data + user)
+    batch, source = _train_batch(cfg, args.images)
+    num_gt = sum(len(x["instances"]) for x in batch)
+
+    rows = []
+    for key in args.rows:
+        name, overrides, paper = TRAIN_ROWS[key]
+        rcfg = _load_cfg(args.config_file, base + data + overrides + user)
+        rcfg.freeze()
+        torch.manual_seed(0)
+        model = build_model(rcfg)
+        model.train()
+        optimizer = build_yolact_optimizer(rcfg, model)
+        n_anchors = sum(a * n * n for a, n in zip(model.anchor_generator.num_cell_anchors,
+                                                 feature_sizes(args.size)))
+        assign = []
+
+        def timed_label_anchors(*a, _f=model.label_anchors, _t=assign, **k):
+            _sync(device)
+            t0 = time.perf_counter()
+            out = _f(*a, **k)
+            _sync(device)
+            _t.append(time.perf_counter() - t0)
+            return out
+
+        model.label_anchors = timed_label_anchors  # instance attribute: times the assigner only
+        n = args.bruteforce_iters if key == "atss_maiou_bf" else args.iters
+        rows.append(dict(key=key, name=name, paper=paper, model=model, optimizer=optimizer,
+                         anchors=n_anchors, iters=n, assign=assign, times=[]))
+
+    def step(row):
+        model, optimizer = row["model"], row["optimizer"]
+        _sync(device)
+        t0 = time.perf_counter()
+        losses = model(batch)
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        _sync(device)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{row['name']}: non-finite loss {float(total)}")
+        return time.perf_counter() - t0
+
+    with EventStorage(0):
+        for row in rows:  # warm-up, untimed
+            for _ in range(args.warmup):
+                step(row)
+            row["assign"].clear()
+        for r in range(max(row["iters"] for row in rows)):  # interleaved timed iterations
+            for row in rows:
+                if r < row["iters"]:
+                    row["times"].append(step(row))
+    for row in rows:
+        row["s_iter"] = statistics.median(row["times"])
+        row["s_assign"] = statistics.median(row["assign"]) if row["assign"] else float("nan")
+    ref = next((row for row in rows if row["key"] == "atss_iou"), None)
+    paper_ref = TRAIN_ROWS["atss_iou"][2]
+
+    width = cfg.MODEL.YOLACT.RESNET_WIDTH_SCALE
+    print(f"\nTraining time per iteration (Table 3): {Path(args.config_file).name} "
+          f"(R-{cfg.MODEL.RESNETS.DEPTH} x{width:g} width, FPN {cfg.MODEL.FPN.OUT_CHANNELS} ch, "
+          f"backbone {cfg.MODEL.BACKBONE.NAME}), batch {args.images} x {args.size}x{args.size}, "
+          f"{num_gt} GTs ({source}, mapped once); device {device}, "
+          f"{torch.get_num_threads()} CPU thread(s); forward + backward + SGD step, median of "
+          f"{args.iters} iterations ({args.bruteforce_iters} for brute force) after "
+          f"{args.warmup} warm-up. Paper: full R-50, 550, batch 8, one V100.\n")
+    print("| assigner | anchors | s / iter | x ATSS w. IoU | assignment s / iter "
+          "| paper s / iter | paper x ATSS w. IoU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        ratio = f"{row['s_iter'] / ref['s_iter']:.3f}" if ref else "-"
+        print(f"| {row['name']} | {row['anchors']:,} | {row['s_iter']:.3f} | {ratio} | "
+              f"{row['s_assign']:.4f} | {row['paper']:.2f} | {row['paper'] / paper_ref:.2f} |")
+    ma = next((row for row in rows if row["key"] == "atss_maiou"), None)
+    if ref and ma:
+        r = ma["s_iter"] / ref["s_iter"]
+        print(f"\nATSS w. maIoU / ATSS w. IoU = {r:.3f} (target <= 1.03; paper 0.59 / 0.57 = "
+              f"{0.59 / 0.57:.3f}): {'met' if r <= 1.03 else 'NOT met'}")
+    return [{k: row[k] for k in ("key", "name", "anchors", "s_iter", "s_assign", "paper")}
+            for row in rows]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ maIoU between a ground truth (box B, mask M) and an anchor Â (SPEC 6.4):
 and maIoU = 0 wherever the ordinary box IoU is 0. The mask count uses the anchor rounded half to
 even (``torch.round``) and clipped to the image; a pixel (r, c) covers [c, c+1) x [r, r+1), so an
 integer box (x1, y1, x2, y2) covers columns x1..x2-1 and rows y1..y2-1. Counts come from integral
-images (:mod:`mayolact.structures`), four lookups per pair, with no loop over GTs or anchors.
+images (:meth:`mayolact.structures.IntegralImages.box_counts`, whose lookup constants are built
+with the structure, in the data loader), four reads per pair, with no loop over GTs or anchors.
 
 **Empty masks.** The official code divides 0 by MOB = 0 and gets NaN, which silently leaves such a
 GT without positives in ATSS. Here the rows of empty-mask GTs are 0 (never NaN); the matcher gives
-those GTs no positives explicitly (see :class:`mayolact.matchers.ATSSMatcher`).
+those GTs no positives too (see :class:`mayolact.matchers.ATSSMatcher`).
 
 **IoU conventions.** mmdet (and this module) divides by ``max(union, 1e-6)``; Detectron2's
 ``pairwise_iou`` divides by the raw union where the intersection is positive and returns 0
@@ -26,7 +27,7 @@ Shape shorthand:
     H, W: image (mask) height and width.
 """
 import logging
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 from detectron2.structures import BitMasks, Boxes
@@ -120,13 +121,18 @@ def _areas(b: torch.Tensor) -> torch.Tensor:
     return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
 
 
-def _inter_union(b1: torch.Tensor, b2: torch.Tensor):
-    """Intersection and eps-clamped union of broadcastable (..., 4) boxes."""
+def _inter_union(b1: torch.Tensor, b2: torch.Tensor, area1: Optional[torch.Tensor] = None):
+    """Intersection and eps-clamped union of broadcastable (..., 4) boxes.
+
+    ``area1``, when given, is ``_areas(b1)`` computed by the caller (shared with MOB).
+    """
     lt = torch.maximum(b1[..., :2], b2[..., :2])
     rb = torch.minimum(b1[..., 2:], b2[..., 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = (_areas(b1) + _areas(b2) - inter).clamp(min=EPS)
+    if area1 is None:
+        area1 = _areas(b1)
+    union = (area1 + _areas(b2) - inter).clamp(min=EPS)
     return inter, union
 
 
@@ -222,11 +228,9 @@ def mask_over_box(gt_boxes: BoxesLike, integral_masks: IntegralLike) -> torch.Te
     return _mob(gt, ii)
 
 
-def _mob(gt: torch.Tensor, ii: IntegralImages, lk: Optional["_Lookup"] = None) -> torch.Tensor:
-    if len(ii) == 0:
-        return gt.new_zeros((0,))
-    area = ii.areas() if lk is None else lk.area
-    return area.to(gt.dtype) / (_areas(gt) + EPS)
+def _mob(gt: torch.Tensor, ii: IntegralImages) -> torch.Tensor:
+    """float (G,) MOB of (G, 4) GT boxes; the mask areas are precomputed in ``ii``."""
+    return ii.areas().to(gt.dtype) / (_areas(gt) + EPS)
 
 
 def mask_fraction_in_boxes(boxes: BoxesLike, integral_masks: IntegralLike,
@@ -252,7 +256,8 @@ def mask_fraction_in_boxes(boxes: BoxesLike, integral_masks: IntegralLike,
     if ii.device != b.device:
         raise ValueError(f"integral_masks is on {ii.device} but the boxes are on {b.device}")
     index = _check_index(index, b.shape[:1], len(ii), b.device)
-    cnt = ii.box_counts(torch.round(b).long(), index).to(b.dtype)
+    # Rounding keeps the checked boxes' x2 >= x1 and y2 >= y1: ordered boxes.
+    cnt = ii.box_counts(torch.round(b).long(), index, ordered=True).to(b.dtype)
     return cnt / (_areas(b) + EPS)
 
 
@@ -274,55 +279,6 @@ def _check_index(index, shape, num_gt: int, device, name: str = "gt_index") -> t
     return index.long()
 
 
-class _Lookup(NamedTuple):
-    """Per-mask constants for fast integral-image lookups (see :func:`_lookup`)."""
-
-    lo: torch.Tensor  # int64 (G, 1, 2): (ex1, ey1), top-left of each mask's extent
-    hi: torch.Tensor  # int64 (G, 1, 2): (ex2, ey2)
-    stride: torch.Tensor  # int64 (G, 1): table row length, ex2 - ex1 + 1
-    base: torch.Tensor  # int64 (G, 1): flat index of image pixel corner (0, 0) in table g
-    area: torch.Tensor  # int32 (G,): |M|
-    data: torch.Tensor  # int32 (T,): the tables
-
-
-def _lookup(ii: IntegralImages) -> _Lookup:
-    """Constants that turn a clamped integer corner (x, y) into ``base + y * stride + x``."""
-    ext = ii.extents
-    lo, hi = ext[:, None, :2], ext[:, None, 2:]
-    wh = ext[:, 2:] - ext[:, :2]  # (G, 2)
-    stride = wh[:, :1] + 1
-    start = ii.offsets[:, None]
-    base = start - torch.addcmul(ext[:, 0:1], ext[:, 1:2], stride)
-    area = ii.data[torch.addcmul(start + wh[:, :1], wh[:, 1:], stride).squeeze(1)]  # last entries
-    return _Lookup(lo, hi, stride, base, area, ii.data)
-
-
-def _counts(lk: _Lookup, boxes: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mask pixels in integer boxes, as :meth:`IntegralImages.box_counts`, in fewer kernels.
-
-    Corners are clamped to each mask's extent (hence to the image: pixels outside it are not
-    counted); ``boxes`` must have x2 >= x1 and y2 >= y1, which rounding valid boxes keeps.
-
-    Args:
-        lk: :func:`_lookup` of the integral images.
-        boxes (Tensor): int64 (..., 4) boxes.
-        index (Tensor, optional): int64 (...) mask of each box, broadcastable against
-            ``boxes[..., 0]``. None: ``boxes`` is (G, K, 4) (or (1, K, 4)), row g for mask g.
-
-    Returns:
-        Tensor: int (...) counts.
-    """
-    if index is None:
-        lo, hi, stride, base = lk.lo[:, None], lk.hi[:, None], lk.stride[:, None], lk.base[:, None]
-    else:
-        lo, hi, stride, base = lk.lo[index], lk.hi[index], lk.stride[index], lk.base[index]
-    b = torch.clamp(boxes.unflatten(-1, (2, 2)), lo, hi)  # (..., 2 corners, (x, y))
-    rows = torch.addcmul(base, b[..., 1], stride)  # (..., 2): flat starts of rows y1 and y2
-    v = lk.data[rows[..., :, None] + b[..., None, :, 0]]  # (..., 2, 2): [y1|y2][x1|x2]
-    d = v[..., 1, :] - v[..., 0, :]  # (..., 2): rows [y1, y2) up to x1 and up to x2
-    return d[..., 1] - d[..., 0]
-
-
 def _maiou_from_terms(inter: torch.Tensor, union: torch.Tensor, cnt: torch.Tensor,
                       mob: torch.Tensor) -> torch.Tensor:
     """maIoU from the box terms, the mask counts and MOB (broadcastable), 0 where IoU is 0."""
@@ -333,10 +289,16 @@ def _maiou_from_terms(inter: torch.Tensor, union: torch.Tensor, cnt: torch.Tenso
 
 
 def _maiou_core(gt_b: torch.Tensor, anc_b: torch.Tensor, anc_rounded: torch.Tensor,
-                index: Optional[torch.Tensor], lk: _Lookup, mob: torch.Tensor) -> torch.Tensor:
-    """maIoU of broadcastable pairs: GT boxes, anchors (float and rounded), mask index, MOB."""
+                index: Optional[torch.Tensor], ii: IntegralImages,
+                mob: torch.Tensor) -> torch.Tensor:
+    """maIoU of broadcastable pairs: GT boxes, anchors (float and rounded), mask index, MOB.
+
+    ``index`` None: the pairs are laid out (G, ...), row g for GT g (see ``box_counts``).
+    The anchors are checked boxes (x2 >= x1, y2 >= y1), so their rounding is ordered.
+    """
     inter, union = _inter_union(gt_b, anc_b)
-    return _maiou_from_terms(inter, union, _counts(lk, anc_rounded, index), mob)
+    cnt = ii.box_counts(anc_rounded, index, ordered=True)
+    return _maiou_from_terms(inter, union, cnt, mob)
 
 
 def pairwise_maiou(gt_boxes: BoxesLike, anchors: BoxesLike, integral_masks: IntegralLike,
@@ -374,12 +336,11 @@ def pairwise_maiou(gt_boxes: BoxesLike, anchors: BoxesLike, integral_masks: Inte
         chunk_size = max(1, _MAX_PAIRS_PER_CHUNK // G)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    lk = _lookup(ii)
-    mob = _mob(gt, ii, lk)[:, None]  # (G, 1)
+    mob = _mob(gt, ii)[:, None]  # (G, 1)
     rounded = torch.round(anc).long()
     for s in range(0, A, chunk_size):  # chunks of anchors, for bounded memory
         e = min(A, s + chunk_size)
-        out[:, s:e] = _maiou_core(gt[:, None, :], anc[None, s:e], rounded[None, s:e], None, lk, mob)
+        out[:, s:e] = _maiou_core(gt[:, None, :], anc[None, s:e], rounded[None, s:e], None, ii, mob)
     return out
 
 
@@ -387,9 +348,9 @@ def pairwise_maiou_pairs(gt_boxes: BoxesLike, anchors: torch.Tensor, gt_index: t
                          integral_masks: IntegralLike) -> torch.Tensor:
     """maIoU of explicit pairs: anchor ``anchors[...]`` against GT ``gt_index[...]``.
 
-    This is how ATSS evaluates only its candidates (``ATSSMatcher`` runs the same lookups
-    inline), so ATSS with maIoU costs about as much as ATSS with IoU. Values equal the
-    corresponding entries of :func:`pairwise_maiou`.
+    ATSS evaluates only its candidates in the same way (``ATSSMatcher`` runs the same lookups
+    inline, in the (G, C) layout), so ATSS with maIoU costs about as much as ATSS with IoU.
+    Values equal the corresponding entries of :func:`pairwise_maiou`.
 
     Args:
         gt_boxes (Boxes or Tensor): (G, 4) XYXY GT boxes.
@@ -424,10 +385,9 @@ def _maiou_pairs_unchecked(gt: torch.Tensor, anchors: torch.Tensor, index: torch
     if gt.shape[0] == 0 or anchors.numel() == 0 or index.numel() == 0:
         shape = torch.broadcast_shapes(anchors.shape[:-1], index.shape)
         return gt.new_zeros(shape)
-    lk = _lookup(ii)
     if mob is None:
-        mob = _mob(gt, ii, lk)
-    return _maiou_core(gt[index], anchors, torch.round(anchors).long(), index, lk, mob[index])
+        mob = _mob(gt, ii)
+    return _maiou_core(gt[index], anchors, torch.round(anchors).long(), index, ii, mob[index])
 
 
 def pairwise_maiou_bruteforce(gt_boxes: BoxesLike, anchors: BoxesLike, masks) -> torch.Tensor:

@@ -21,14 +21,13 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, pairwise_iou
 
 from mayolact.maiou import (
+    EPS,
+    _areas,
     _as_box_tensor,
     _as_integral,
     _as_masks,
     _check_box_values,
-    _counts,
     _inter_union,
-    _lookup,
-    _mob,
     paired_diou,
     paired_giou,
     paired_iou,
@@ -160,23 +159,31 @@ class ATSSMatcher:
             return pairwise_maiou_bruteforce(gt, anchors, masks)
         return pairwise_maiou(gt, anchors, ii)
 
-    def _candidate_quality(self, gt, cand_boxes, lk, mob) -> torch.Tensor:
+    def _candidate_quality(self, gt, cand_boxes, ii) -> torch.Tensor:
         """(G, C) quality of the candidates, ``cand_boxes`` (G, C, 4).
 
-        For maIoU, rows of empty masks hold NaN (as in the official code); the caller gives
-        those GTs no positives.
+        For maIoU, the rows of empty masks are all NaN (0 / MOB = 0 / 0), so their threshold is
+        NaN and they get no positives (the official code gets NaN where the IoU is positive).
         """
         g = gt[:, None, :]
         if self.quality == "giou":
             return paired_giou(g, cand_boxes)
         if self.quality == "diou":
             return paired_diou(g, cand_boxes)
-        inter, union = _inter_union(g, cand_boxes)
         if self.quality == "iou":
+            inter, union = _inter_union(g, cand_boxes)
             return inter / union
-        # maIoU: the IoU terms plus four integral-image lookups per candidate.
-        cnt = _counts(lk, torch.round(cand_boxes).long())
-        return torch.where(inter > 0, cnt / mob[:, None] / union, 0.0)
+        # maIoU (Alg. 1) on the (G, C) pairs: the box IoU's union is the maIoU union and the GT
+        # areas serve both it and MOB; the counts are four table reads per candidate, with the
+        # lookup constants precomputed in ``ii`` (by the data loader).
+        gt_area = _areas(g)  # (G, 1)
+        inter, union = _inter_union(g, cand_boxes, area1=gt_area)
+        mob = ii.areas(keepdim=True) / (gt_area + EPS)  # (G, 1), 0 for empty masks
+        # Rounding keeps the anchors' x2 >= x1, y2 >= y1 (checked on entry): ordered boxes.
+        cnt = ii.box_counts(torch.round(cand_boxes).long(), ordered=True)  # (G, C)
+        # (count / MOB) / union as the official code, 0 where the IoU is 0; the rows of empty
+        # masks are 0 / 0 = NaN.
+        return cnt * (inter > 0) / mob / union
 
     @torch.no_grad()
     def __call__(self, anchors_per_level: AnchorsLike, gt_boxes: Union[Boxes, torch.Tensor],
@@ -205,22 +212,18 @@ class ATSSMatcher:
         gt, anchors = gt.to(dtype), anchors.to(dtype)
         R, G = anchors.shape[0], gt.shape[0]
 
-        ii = masks = mob = lk = None
+        ii = masks = None
         if self.quality == "maiou":
             if self.bruteforce:
                 if gt_masks is None:
                     raise ValueError("ATSSMatcher(quality='maiou', bruteforce=True) needs gt_masks "
                                      "(G, H, W)")
                 masks = _as_masks(gt_masks, G, device)
-                nonempty = masks.flatten(1).any(1)
             else:
                 if integral_masks is None:
                     raise ValueError("ATSSMatcher(quality='maiou') needs integral_masks (one "
                                      "integral image per GT); got None")
                 ii = _as_integral(integral_masks, G, device)
-                lk = _lookup(ii) if G else None
-                mob = _mob(gt, ii, lk)  # (G,), 0 for empty masks
-                nonempty = mob > 0
 
         matches, labels = _empty_result(R, device)
         if G == 0 or R == 0:
@@ -243,8 +246,9 @@ class ATSSMatcher:
         C = cand.shape[1]
 
         # 2. Quality of the candidates and the adaptive threshold mean + std (unbiased).
-        if self.candidates_only and not self.bruteforce:
-            q = self._candidate_quality(gt, anchors[cand], lk, mob)  # (G, C)
+        candidate_path = self.candidates_only and not self.bruteforce
+        if candidate_path:
+            q = self._candidate_quality(gt, anchors[cand], ii)  # (G, C)
         else:
             q = self._full_quality(gt, anchors, ii, masks).gather(1, cand)
         if C > 1:
@@ -257,8 +261,8 @@ class ATSSMatcher:
         c = anc_ctr[cand]  # (G, C, 2)
         margin = torch.minimum(c - gt[:, None, :2], gt[:, None, 2:] - c).amin(dim=-1)  # (G, C)
         is_pos &= margin > self.center_eps
-        if self.quality == "maiou":
-            is_pos &= nonempty[:, None]
+        if self.quality == "maiou" and not candidate_path:  # empty masks: no positives
+            is_pos &= (ii.areas() > 0 if masks is None else masks.flatten(1).any(1))[:, None]
 
         # 4. Anchors positive for several GTs go to the highest quality (lowest GT on ties).
         gi, ci = torch.nonzero(is_pos, as_tuple=True)
