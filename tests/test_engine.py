@@ -116,7 +116,7 @@ def test_every_shipped_config_loads_through_setup(path, tmp_path):
         ["--config-file", str(path), "OUTPUT_DIR", str(tmp_path)])
     cfg = train_net.setup(args)
     assert cfg.MODEL.META_ARCHITECTURE == "YOLACT"
-    assert cfg.INPUT.YOLACT.SIZE in (160, 256, 400, 550, 700)
+    assert cfg.INPUT.YOLACT.SIZE in (160, 192, 400, 550, 700)
 
 
 def test_unknown_config_key_names_the_file_and_the_key(tmp_path):

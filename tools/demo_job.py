@@ -23,7 +23,6 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import default_setup
-from detectron2.evaluation import print_csv_format
 
 import mayolact  # noqa: F401
 from mayolact.engine import Trainer
@@ -69,8 +68,6 @@ def main(argv=None):
 
     results = Trainer.test(cfg, model)
     eval_time = time.perf_counter() - start - train_time
-    print("\nValidation results (mayolact_shapes_val):")
-    print_csv_format(results)
 
     cfg_vis = cfg.clone()
     cfg_vis.defrost()
