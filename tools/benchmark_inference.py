@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
@@ -63,7 +64,9 @@ def load_images(dataset, n, image_format):
 
 def model_inputs(image, aug):
     h, w = image.shape[:2]
-    resized = aug.get_transform(image).apply_image(image)
+    inp = T.AugInput(image)
+    aug(inp)
+    resized = inp.image
     tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
     return [{"image": tensor, "height": h, "width": w}]
 
@@ -86,7 +89,7 @@ def benchmark(config_path, images, args):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     device = torch.device(cfg.MODEL.DEVICE)
-    aug = build_yolact_test_augmentation(cfg)
+    aug = T.AugmentationList(build_yolact_test_augmentation(cfg))
     size = cfg.INPUT.YOLACT.SIZE
     params = sum(p.numel() for p in model.parameters())
     anchors = count_anchors(model, size, device)
@@ -151,7 +154,8 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, path, r in results:
         paper = PAPER_FPS.get(Path(path).name, "")
-        print(f"| {name} | {r['anchors']:,} | {r['params_m']:.1f} | {r['gflops']:.1f} | "
+        gflops = "-" if r["gflops"] != r["gflops"] else f"{r['gflops']:.1f}"
+        print(f"| {name} | {r['anchors']:,} | {r['params_m']:.1f} | {gflops} | "
               f"{1000 * r['median_s']:.0f} | {1.0 / r['median_s']:.2f} | "
               f"{r['median_s'] / base:.2f}x | {paper} |")
     return 0

@@ -55,7 +55,7 @@ def timed(mapper, d, seed):
     return time.perf_counter() - t0, out
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--dataset", default=None, help="registered dataset (default: coco_mini_train)"
@@ -63,7 +63,7 @@ def main():
     parser.add_argument("--images", type=int, default=100, help="images to time")
     parser.add_argument("--size", type=int, default=550, help="INPUT.YOLACT.SIZE")
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
 
