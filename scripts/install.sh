@@ -9,12 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${PYTHON:-}" ]; then
+# The project's own venv is created when PYTHON is unset or names it (the Makefile's default).
+if [ -z "${PYTHON:-}" ] || [ "$PYTHON" = "$PWD/.venv/bin/python" ] || [ "$PYTHON" = ".venv/bin/python" ]; then
   if [ ! -x .venv/bin/python ]; then
     echo "[install] creating .venv"
     python3 -m venv .venv
   fi
   PYTHON=.venv/bin/python
+fi
+if ! "$PYTHON" -c "import sys" >/dev/null 2>&1; then
+  echo "[install] error: PYTHON=$PYTHON is not a working Python interpreter" >&2
+  exit 1
 fi
 PIP=("$PYTHON" -m pip --disable-pip-version-check)
 
