@@ -22,11 +22,11 @@ def load_study():
 
 def test_fixed_iou_overrides_follow_the_input_size():
     study = load_study()
-    assert study.feature_sizes(550) == [69, 35, 18, 9, 5]
-    assert study.feature_sizes(400) == [50, 25, 13, 7, 4]
+    assert study.feature_sizes(550, range(3, 8)) == [69, 35, 18, 9, 5]
+    assert study.feature_sizes(400, range(3, 8)) == [50, 25, 13, 7, 4]
     opts = dict(zip(*[iter(study.assigner_overrides("fixed_iou", 256))] * 2))
     assert opts["MODEL.YOLACT.MATCHER"] == "FixedIoU"
-    assert opts["MODEL.YOLACT.ANCHOR_REFERENCE_GRID"] == str(study.feature_sizes(256))
+    assert opts["MODEL.YOLACT.ANCHOR_REFERENCE_GRID"] == str(study.feature_sizes(256, range(3, 8)))
     assert opts["MODEL.YOLACT.MASK_LOSS_WEIGHT"] == "6.125"
     opts = dict(zip(*[iter(study.assigner_overrides("atss_giou", 256))] * 2))
     assert opts["MODEL.YOLACT.ATSS_QUALITY"] == "giou"

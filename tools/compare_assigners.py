@@ -31,6 +31,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 
 import mayolact  # noqa: F401
+from mayolact.analysis import feature_sizes
 from mayolact.engine import Trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,19 +43,6 @@ ASSIGNERS = ["fixed_iou", "atss_iou", "atss_giou", "atss_diou", "atss_maiou"]
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 logger = logging.getLogger("mayolact.compare_assigners")
-
-
-def feature_sizes(size: int):
-    """P3..P7 sizes of a size x size input (ResNet stem, stride-2 convs, as SPEC 3)."""
-    def down(n, k=3, s=2, p=1):
-        return (n + 2 * p - k) // s + 1
-
-    c = down(down(size, 7, 2, 3))  # conv1, max-pool: C2
-    sizes = []
-    for _ in range(5):
-        c = down(c)
-        sizes.append(c)
-    return sizes
 
 
 def assigner_overrides(name: str, size: int):
@@ -69,7 +57,7 @@ def assigner_overrides(name: str, size: int):
             "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
             "MODEL.ANCHOR_GENERATOR.OFFSET", "0.5",
             "MODEL.YOLACT.ANCHOR_REFERENCE_SIZE", str(size),
-            "MODEL.YOLACT.ANCHOR_REFERENCE_GRID", str(feature_sizes(size)),
+            "MODEL.YOLACT.ANCHOR_REFERENCE_GRID", str(feature_sizes(size, range(3, 8))),
         ]
     if not name.startswith("atss_"):
         raise ValueError(f"unknown assigner {name!r}; choose from {ASSIGNERS}")

@@ -188,7 +188,3 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_mayolact_evaluator(cfg, dataset_name, output_folder)
 
-
-def iterations_per_epoch(num_images: int, batch_size: int) -> int:
-    """Iterations of one epoch as mmdet counts them (the group sampler pads to full batches)."""
-    return max(1, math.ceil(num_images / batch_size))

@@ -180,34 +180,22 @@ def paired_diou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return inter / union - dist / diag
 
 
-def pairwise_giou(boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
-    """GIoU of all pairs.
-
-    Args:
-        boxes1 (Boxes or Tensor): (N, 4) XYXY, e.g. GT boxes.
-        boxes2 (Boxes or Tensor): (M, 4) XYXY, e.g. anchors.
-
-    Returns:
-        Tensor: float (N, M), values in (-1, 1].
-    """
+def _pairwise(paired_fn, boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
     b1 = _as_box_tensor(boxes1, "boxes1")
     b2 = _as_box_tensor(boxes2, "boxes2")
-    return paired_giou(b1[:, None, :], b2[None, :, :])
+    return paired_fn(b1[:, None, :], b2[None, :, :])
+
+
+def pairwise_giou(boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
+    """GIoU of all pairs: (N, 4) and (M, 4) XYXY boxes (``Boxes`` or tensors) -> float (N, M)
+    in (-1, 1]."""
+    return _pairwise(paired_giou, boxes1, boxes2)
 
 
 def pairwise_diou(boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
-    """DIoU of all pairs.
-
-    Args:
-        boxes1 (Boxes or Tensor): (N, 4) XYXY, e.g. GT boxes.
-        boxes2 (Boxes or Tensor): (M, 4) XYXY, e.g. anchors.
-
-    Returns:
-        Tensor: float (N, M), values in (-1, 1].
-    """
-    b1 = _as_box_tensor(boxes1, "boxes1")
-    b2 = _as_box_tensor(boxes2, "boxes2")
-    return paired_diou(b1[:, None, :], b2[None, :, :])
+    """DIoU of all pairs: (N, 4) and (M, 4) XYXY boxes (``Boxes`` or tensors) -> float (N, M)
+    in (-1, 1]."""
+    return _pairwise(paired_diou, boxes1, boxes2)
 
 
 # -------------------------------------------------------------------------------- maIoU

@@ -46,7 +46,6 @@ __all__ = [
     "validate_coco_results",
     "write_json_atomic",
     "MaYOLACTCOCOEvaluator",
-    "coco_results_summary",
     "coco_metrics",
 ]
 
@@ -550,12 +549,3 @@ def coco_metrics(coco_eval, iou_type: str, class_names: Optional[Sequence[str]] 
         out[f"AP-{name}"] = float(value * 100)
     return out
 
-
-def coco_results_summary(
-    results: Dict[str, Dict[str, float]],
-) -> "OrderedDict[str, Dict[str, float]]":
-    """The metrics of a results dict without the per-class ("<metric>-<class>") entries."""
-    return OrderedDict(
-        (task, OrderedDict((k, v) for k, v in res.items() if "-" not in k))
-        for task, res in results.items()
-    )
