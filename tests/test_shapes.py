@@ -42,6 +42,18 @@ def test_render_deterministic_and_seed_dependent():
     assert masks.sum(0).max() <= 1
 
 
+def test_objects_stand_out_from_the_background():
+    """Generator version 2: vivid objects over darker textured backgrounds (see the module doc)."""
+    gaps = []
+    for i in range(20):
+        image, masks, _, _ = render_shapes_image(i, 128, seed=0)
+        peak = image.max(axis=2).astype(np.float32)  # brightest channel per pixel
+        obj = masks.any(0)
+        gaps.append(np.median(peak[obj]) - np.median(peak[~obj]))
+    assert shapes.GENERATOR_VERSION == 2
+    assert min(gaps) > 40 and np.median(gaps) > 80, gaps
+
+
 def test_dicts_deterministic_independent_of_count():
     a = generate_shapes_dicts(4, 96, seed=1)
     b = generate_shapes_dicts(6, 96, seed=1)
