@@ -11,6 +11,7 @@ from detectron2.config import get_cfg
 from mayolact import add_mayolact_config
 from mayolact.engine import (
     EpochCosineParamScheduler,
+    GlobalNormClipAdamW,
     GlobalNormClipSGD,
     build_yolact_lr_scheduler,
     build_yolact_optimizer,
@@ -107,6 +108,31 @@ def test_multistep_lr_and_weight_decay_on_all_parameters():
     opt = build_yolact_optimizer(cfg, model)
     assert isinstance(opt, GlobalNormClipSGD)
     assert all(g["weight_decay"] == 5e-4 for g in opt.param_groups)
+
+
+def test_adamw_option_clips_globally_and_decays_decoupled():
+    cfg = _cfg(BASE_LR=0.1, WEIGHT_DECAY=0.5, WEIGHT_DECAY_NORM=0.5)
+    cfg.SOLVER.YOLACT.OPTIMIZER = "AdamW"
+    cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM = 1.0
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    opt = build_yolact_optimizer(cfg, model)
+    assert isinstance(opt, GlobalNormClipAdamW)
+    assert all(g["weight_decay"] == 0.5 for g in opt.param_groups)
+    model.weight.grad = torch.tensor([[3.0, 0.0, -4.0]])  # global norm 5, clipped to 1
+    opt.step()
+    assert math.isclose(float(opt.last_grad_norm), 5.0, rel_tol=1e-6)
+    # First AdamW step: w * (1 - lr * wd) - lr * sign(g) (the update m / sqrt(v) is +-1, 0 for g = 0).
+    expected = torch.tensor([[2 * 0.95 - 0.1, 2 * 0.95, 2 * 0.95 + 0.1]])
+    assert torch.allclose(model.weight.detach(), expected, atol=1e-5)
+
+
+def test_unknown_optimizer_is_named():
+    cfg = _cfg()
+    cfg.SOLVER.YOLACT.OPTIMIZER = "Adam"
+    with pytest.raises(ValueError, match="SOLVER.YOLACT.OPTIMIZER.*'Adam'"):
+        build_yolact_optimizer(cfg, torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))

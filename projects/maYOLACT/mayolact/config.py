@@ -102,6 +102,7 @@ def add_mayolact_config(cfg):
     s = _C.SOLVER.YOLACT
     s.GLOBAL_CLIP_NORM = 35.0  # clip the global L2 norm of all gradients to this (0 disables)
     s.ITERS_PER_EPOCH = 0  # >0: step/cosine schedules change only at epoch boundaries (as mmdet)
+    s.OPTIMIZER = "SGD"  # "SGD" (the paper's, with SOLVER.MOMENTUM) or "AdamW" (from-scratch CPU runs)
 
     # ---------------------------------------------------------- evaluation
     _C.TEST.YOLACT = CN()

@@ -3,7 +3,8 @@
 Only the pieces where YOLACT's recipe differs from Detectron2's defaults are written here:
 
 * SGD with the **global** L2-norm gradient clip of mmdet (``clip_grad_norm_`` over all parameters at
-  35); Detectron2's own ``CLIP_TYPE: norm`` clips each parameter separately.
+  35); Detectron2's own ``CLIP_TYPE: norm`` clips each parameter separately. AdamW, with the same
+  clip, for from-scratch CPU runs (``SOLVER.YOLACT.OPTIMIZER``).
 * Schedules that change only at epoch boundaries (``SOLVER.YOLACT.ITERS_PER_EPOCH``), as mmdet's
   by-epoch step and cosine policies do, behind Detectron2's linear warmup.
 * The YOLACT dataset mapper in both loaders, and COCO AP + oLRP evaluation.
@@ -19,7 +20,7 @@ from fvcore.common.param_scheduler import ParamScheduler
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -27,6 +28,7 @@ from detectron2.utils import comm
 
 __all__ = [
     "GlobalNormClipSGD",
+    "GlobalNormClipAdamW",
     "EpochCosineParamScheduler",
     "build_yolact_optimizer",
     "build_yolact_lr_scheduler",
@@ -36,13 +38,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class GlobalNormClipSGD(torch.optim.SGD):
-    """SGD that first clips the global L2 norm of all gradients (``clip_grad_norm_``).
+class _GlobalNormClipMixin:
+    """Clips the global L2 norm of all gradients (``clip_grad_norm_``) before the optimizer's step.
 
     Args:
-        params: parameters or parameter groups, as for ``torch.optim.SGD``.
+        params: parameters or parameter groups, as for the optimizer.
         max_norm (float): the largest allowed global gradient norm; 0 disables clipping.
-        **kwargs: the other ``torch.optim.SGD`` arguments.
+        **kwargs: the optimizer's other arguments.
     """
 
     def __init__(self, params, *, max_norm: float, **kwargs):
@@ -59,6 +61,30 @@ class GlobalNormClipSGD(torch.optim.SGD):
             if grads:
                 self.last_grad_norm = torch.nn.utils.clip_grad_norm_(grads, self.max_norm)
         return super().step(closure)
+
+
+class GlobalNormClipSGD(_GlobalNormClipMixin, torch.optim.SGD):
+    """``torch.optim.SGD`` after a global-norm gradient clip (mmdet's YOLACT recipe).
+
+    Args:
+        params: parameters or parameter groups, as for ``torch.optim.SGD``.
+        max_norm (float): the largest allowed global gradient norm; 0 disables clipping.
+        **kwargs: the other ``torch.optim.SGD`` arguments.
+    """
+
+
+class GlobalNormClipAdamW(_GlobalNormClipMixin, torch.optim.AdamW):
+    """``torch.optim.AdamW`` after a global-norm gradient clip (``SOLVER.YOLACT.OPTIMIZER: AdamW``).
+
+    Not the paper's optimizer: it is for models trained from scratch in minutes, where SGD with the
+    global clip spends most of its step on the stem (whose gradient norm is tens of times that of
+    the head early on) and can sit for hundreds of iterations at a constant classifier.
+
+    Args:
+        params: parameters or parameter groups, as for ``torch.optim.AdamW``.
+        max_norm (float): the largest allowed global gradient norm; 0 disables clipping.
+        **kwargs: the other ``torch.optim.AdamW`` arguments.
+    """
 
 
 class EpochCosineParamScheduler(ParamScheduler):
@@ -88,8 +114,19 @@ class EpochCosineParamScheduler(ParamScheduler):
 
 
 def build_yolact_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with weight decay as configured (the YOLACT configs decay every parameter) and the
-    global-norm clip of ``SOLVER.YOLACT.GLOBAL_CLIP_NORM``."""
+    """The optimizer of ``SOLVER.YOLACT.OPTIMIZER`` with the global-norm clip of
+    ``SOLVER.YOLACT.GLOBAL_CLIP_NORM`` and weight decay as configured (the YOLACT configs decay every
+    parameter).
+
+    ``"SGD"`` (the paper's): ``SOLVER.MOMENTUM`` and ``SOLVER.NESTEROV`` apply. ``"AdamW"``: betas
+    (0.9, 0.999), and ``SOLVER.WEIGHT_DECAY`` is AdamW's decoupled decay.
+
+    Raises:
+        ValueError: an unknown ``SOLVER.YOLACT.OPTIMIZER``.
+    """
+    name = cfg.SOLVER.YOLACT.OPTIMIZER
+    if name not in ("SGD", "AdamW"):
+        raise ValueError(f"SOLVER.YOLACT.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
     params = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
@@ -97,14 +134,22 @@ def build_yolact_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
-    optimizer = GlobalNormClipSGD(
-        params,
-        max_norm=cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM,
-        lr=cfg.SOLVER.BASE_LR,
-        momentum=cfg.SOLVER.MOMENTUM,
-        nesterov=cfg.SOLVER.NESTEROV,
-        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-    )
+    if name == "SGD":
+        optimizer = GlobalNormClipSGD(
+            params,
+            max_norm=cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+    else:
+        optimizer = GlobalNormClipAdamW(
+            params,
+            max_norm=cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM,
+            lr=cfg.SOLVER.BASE_LR,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
     # Detectron2's per-parameter clip stays available (off in our configs).
     return maybe_add_gradient_clipping(cfg, optimizer)
 
@@ -148,7 +193,13 @@ class Trainer(DefaultTrainer):
     Multi-process training on CPU (``--num-gpus N`` without GPUs, gloo backend) works too:
     Detectron2 wraps the model with ``device_ids=[local_rank]``, which CPU ``DistributedDataParallel``
     rejects, so for a CPU model the wrapper is created with ``device_ids=None``.
+
+    Subclasses that evaluate by themselves after training set ``eval_after_train = False``: then
+    no ``EvalHook`` is registered and the test set is not run twice.
     """
+
+    #: Register Detectron2's ``EvalHook`` (evaluation every ``TEST.EVAL_PERIOD`` and after training).
+    eval_after_train = True
 
     def __init__(self, cfg):
         if comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu":
@@ -157,6 +208,12 @@ class Trainer(DefaultTrainer):
                 super().__init__(cfg)
         else:
             super().__init__(cfg)
+
+    def build_hooks(self):
+        built = super().build_hooks()
+        if not self.eval_after_train:
+            built = [h for h in built if not isinstance(h, hooks.EvalHook)]
+        return built
 
     @classmethod
     def build_train_loader(cls, cfg):
