@@ -68,6 +68,12 @@ def assigner_overrides(name: str, size: int):
     ]
 
 
+class _StudyTrainer(Trainer):
+    """Evaluation is done once per run, by :func:`run_one`, not also by the trainer's hook."""
+
+    eval_after_train = False
+
+
 def run_one(base_config, assigner, seed, output, opts):
     out_dir = os.path.join(output, f"{assigner}_seed{seed}")
     cfg = load_config(base_config, list(opts))
@@ -76,11 +82,12 @@ def run_one(base_config, assigner, seed, output, opts):
     cfg.freeze()
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    trainer = Trainer(cfg)
+    trainer = _StudyTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
+    train_min = (time.perf_counter() - start) / 60
     results = Trainer.test(cfg, trainer.model)
-    row = {"assigner": assigner, "seed": seed, "train_min": (time.perf_counter() - start) / 60}
+    row = {"assigner": assigner, "seed": seed, "train_min": train_min}
     for task in ("segm", "bbox"):
         for m in METRICS:
             row[f"{task}_{m}"] = results.get(task, {}).get(m, float("nan"))
