@@ -26,7 +26,7 @@ overrides work) is built once per assigner, switched by config overrides:
 * ATSS with IoU, ATSS with maIoU (Alg. 1, integral images from the mapper),
 * ATSS with brute-force maIoU (``MODEL.YOLACT.MAIOU_BRUTEFORCE True``),
 
-and each runs forward, backward and the SGD step (the project's optimizer, gradient clipping
+and each runs forward, backward and the optimizer step (the project's optimizer, gradient clipping
 included) on the SAME batch of ``--batch`` images mapped once at ``--size`` (default 550) by
 ``YOLACTDatasetMapper(cfg, is_train=True)`` (random augmentations, fixed seed) from
 ``coco_mini_train``, or from ``mayolact_shapes_train`` (with 8 classes) when coco_mini is absent.
@@ -191,7 +191,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
     t = p.add_argument_group("--train-iteration (Table 3, training time per iteration)")
     t.add_argument("--train-iteration", action="store_true",
-                   help="time forward + backward + SGD step of a model with each assigner")
+                   help="time forward + backward + optimizer step of a model with each assigner")
     t.add_argument("--config-file", default=str(DEFAULT_TRAIN_CONFIG),
                    help="base config (default: the quick ATSS-maIoU config)")
     t.add_argument("--iters", type=int, default=5, help="timed iterations per row (median)")
@@ -416,7 +416,7 @@ def train_iteration_benchmark(args):
           f"(R-{cfg.MODEL.RESNETS.DEPTH} x{width:g} width, FPN {cfg.MODEL.FPN.OUT_CHANNELS} ch, "
           f"backbone {cfg.MODEL.BACKBONE.NAME}), batch {args.images} x {args.size}x{args.size}, "
           f"{num_gt} GTs ({source}, mapped once); device {device}, "
-          f"{torch.get_num_threads()} CPU thread(s); forward + backward + SGD step, median of "
+          f"{torch.get_num_threads()} CPU thread(s); forward + backward + optimizer step, median of "
           f"{args.iters} iterations ({args.bruteforce_iters} for brute force) after "
           f"{args.warmup} warm-up. Paper: full R-50, 550, batch 8, one V100.\n")
     print("| assigner | anchors | s / iter | x ATSS w. IoU | assignment s / iter "

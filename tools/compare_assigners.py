@@ -20,7 +20,6 @@ Example::
 """
 import argparse
 import csv
-import json
 import logging
 import os
 import statistics
@@ -31,8 +30,9 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 
 import mayolact  # noqa: F401
-from mayolact.analysis import feature_sizes
+from mayolact.analysis import feature_sizes, save_figure
 from mayolact.engine import Trainer
+from mayolact.evaluation import write_json_atomic
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_net import ConfigError, load_config  # noqa: E402
@@ -144,11 +144,7 @@ def bar_chart(summary, path):
            capsize=4, color=["#999999", "#4c72b0", "#55a868", "#8172b2", "#c44e52"][: len(names)])
     ax.set_ylabel("mask AP")
     ax.set_title("Assigners (mean ± std over seeds)")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None):
@@ -188,8 +184,7 @@ def main(argv=None):
     os.replace(os.path.join(args.output, "summary.md.tmp"), os.path.join(args.output, "summary.md"))
     bar_chart(summary, os.path.join(args.output, "mask_ap.png"))
     print(md)
-    with open(os.path.join(args.output, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(os.path.join(args.output, "summary.json"), summary, indent=1)
     return 0
 
 

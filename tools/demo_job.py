@@ -11,7 +11,6 @@
 Everything lands in ``--output`` (default ``output/demo``). Extra arguments are config overrides.
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -26,10 +25,12 @@ from detectron2.engine import default_setup
 
 import mayolact  # noqa: F401
 from mayolact.engine import Trainer
+from mayolact.evaluation import write_json_atomic
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo import Demo, atomic_imwrite  # noqa: E402
 from train_net import ConfigError, load_config  # noqa: E402
+
 
 class _DemoTrainer(Trainer):
     """The project's trainer without the evaluation hook: the job evaluates once, itself, so that
@@ -95,10 +96,7 @@ def main(argv=None):
         "eval_seconds": round(eval_time, 1),
         "results": {task: dict(v) for task, v in results.items()},
     }
-    tmp = os.path.join(cfg.OUTPUT_DIR, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(cfg.OUTPUT_DIR, "metrics.json"))
+    write_json_atomic(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), summary, indent=2)
     segm = results.get("segm", {})
     print(f"\nmaYOLACT demo: mask AP {segm.get('AP', float('nan')):.1f}, "
           f"box AP {results.get('bbox', {}).get('AP', float('nan')):.1f}; trained in {train_time / 60:.1f} min, "

@@ -17,7 +17,6 @@ what is wrong).
 """
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ from mayolact.evaluation import (
     resolve_coco_backend,
     run_coco_eval,
     validate_coco_results,
+    write_json_atomic,
 )
 
 logger = logging.getLogger("mayolact.evaluate")
@@ -107,26 +107,6 @@ def _finite_or_none(obj):
     return obj
 
 
-def write_json_atomic(path: str, payload) -> None:
-    """Write json to ``path`` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite_or_none(payload), f, indent=2, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def evaluate(args) -> dict:
     """Run the evaluation described by ``args``; returns ``{task: {metric: value}}`` (x100)."""
     with tempfile.TemporaryDirectory() as work_dir:
@@ -175,7 +155,8 @@ def evaluate(args) -> dict:
         summary = {k: v for k, v in res.items() if "-" not in k}
         print(f"\n{task} ({args.results}):\n" + create_small_table(summary))
     if args.output:
-        write_json_atomic(args.output, metrics)
+        # NaN (e.g. AP of a class without GT) is written as null: strict json.
+        write_json_atomic(args.output, _finite_or_none(metrics), indent=2)
         print(f"\nmetrics written to {args.output}")
     return metrics
 

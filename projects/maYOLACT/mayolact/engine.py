@@ -135,21 +135,17 @@ def build_yolact_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
     if name == "SGD":
-        optimizer = GlobalNormClipSGD(
-            params,
-            max_norm=cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM,
-            lr=cfg.SOLVER.BASE_LR,
-            momentum=cfg.SOLVER.MOMENTUM,
-            nesterov=cfg.SOLVER.NESTEROV,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
+        opt_cls = GlobalNormClipSGD
+        extra = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
     else:
-        optimizer = GlobalNormClipAdamW(
-            params,
-            max_norm=cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM,
-            lr=cfg.SOLVER.BASE_LR,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        )
+        opt_cls, extra = GlobalNormClipAdamW, {}
+    optimizer = opt_cls(
+        params,
+        max_norm=cfg.SOLVER.YOLACT.GLOBAL_CLIP_NORM,
+        lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        **extra,
+    )
     # Detectron2's per-parameter clip stays available (off in our configs).
     return maybe_add_gradient_clipping(cfg, optimizer)
 
