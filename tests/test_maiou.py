@@ -4,15 +4,13 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Boxes, pairwise_iou
 
+from mayolact.box_ops import paired_iou, pairwise_diou, pairwise_giou
 from mayolact.maiou import (
     mask_fraction_in_boxes,
     mask_over_box,
-    paired_iou,
-    pairwise_diou,
-    pairwise_giou,
+    paired_maiou,
     pairwise_maiou,
     pairwise_maiou_bruteforce,
-    pairwise_maiou_pairs,
 )
 from mayolact.structures import integral_images
 
@@ -197,7 +195,8 @@ def test_box_counts_both_layouts_equal_pixel_counts():
         assert torch.equal(ii[1:].box_counts(r[None]), ref[1:])
 
 
-def test_pairs_equal_pairwise_entries():
+def test_kernel_on_candidate_layout_equals_pairwise_entries():
+    """The matcher's (G, C) candidate layout gives the entries of pairwise_maiou bit for bit."""
     gen = torch.Generator().manual_seed(3)
     for _ in range(10):
         gt, anchors, masks = random_scene(gen, max_gt=5)
@@ -205,12 +204,11 @@ def test_pairs_equal_pairwise_entries():
             continue
         ii = integral_images(masks)
         full = pairwise_maiou(gt, anchors, ii)
-        idx = torch.randint(0, len(gt), (len(anchors),), generator=gen)
-        got = pairwise_maiou_pairs(gt, anchors, idx, ii)
-        assert torch.equal(got, full[idx, torch.arange(len(anchors))])
-        # Broadcast form: (G, A, 4) anchors with (G, 1) indices gives the whole matrix.
-        grid = pairwise_maiou_pairs(gt, anchors[None].expand(len(gt), -1, -1),
-                                    torch.arange(len(gt))[:, None], ii)
+        cand = torch.randint(0, len(anchors), (len(gt), 7), generator=gen)  # (G, C)
+        got = paired_maiou(gt[:, None, :], anchors[cand], ii)
+        assert torch.equal(got, full.gather(1, cand))
+        # Every anchor for every GT: (G, A, 4) anchors give the whole matrix.
+        grid = paired_maiou(gt[:, None, :], anchors[None].expand(len(gt), -1, -1), ii)
         assert torch.equal(grid, full)
 
 
@@ -293,17 +291,15 @@ def test_pairwise_maiou_bad_input(kwargs, match):
         pairwise_maiou(args["gt"], args["anchors"], args["ii"], chunk_size=chunk)
 
 
-def test_pairs_and_bruteforce_bad_input():
+def test_bruteforce_mask_fraction_and_box_measures_bad_input():
     gt, anchors, masks, _, _ = worked_example()
     ii = integral_images(masks)
-    with pytest.raises(ValueError, match="gt_index must lie in"):
-        pairwise_maiou_pairs(gt, anchors, torch.tensor([0, 0, 0, 0, 1]), ii)
-    with pytest.raises(ValueError, match="integer"):
-        pairwise_maiou_pairs(gt, anchors, torch.zeros(5), ii)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 1\)"):
+        mask_fraction_in_boxes(anchors, ii, torch.tensor([0, 0, 0, 0, 1]))
+    with pytest.raises(ValueError, match="index must be an integer tensor"):
+        mask_fraction_in_boxes(anchors, ii, torch.zeros(5))
     with pytest.raises(ValueError, match="does not broadcast"):
-        pairwise_maiou_pairs(gt, anchors, torch.zeros(3, dtype=torch.long), ii)
-    with pytest.raises(ValueError, match=r"anchors must have shape \(\.\.\., 4\)"):
-        pairwise_maiou_pairs(gt, anchors[:, :3], torch.zeros(5, dtype=torch.long), ii)
+        mask_fraction_in_boxes(anchors, ii, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="masks holds 2 masks"):
         pairwise_maiou_bruteforce(gt, anchors, masks.repeat(2, 1, 1))
     with pytest.raises(ValueError, match="masks must be a"):

@@ -8,14 +8,8 @@ Import it only as ``mayolact``: a second import path would register the same nam
 """
 from .config import add_mayolact_config
 from .structures import IntegralImages, as_integral_images, integral_images
-from .maiou import (
-    mask_over_box,
-    pairwise_diou,
-    pairwise_giou,
-    pairwise_maiou,
-    pairwise_maiou_bruteforce,
-    pairwise_maiou_pairs,
-)
+from .box_ops import pairwise_diou, pairwise_giou
+from .maiou import mask_over_box, pairwise_maiou, pairwise_maiou_bruteforce
 from .matchers import ATSSMatcher, FixedIoUMatcher, build_anchor_matcher
 from .anchor_generator import YOLACTAnchorGenerator
 from . import backbone  # noqa: F401  (registers the backbones)
@@ -31,7 +25,6 @@ __all__ = [
     "integral_images",
     "as_integral_images",
     "pairwise_maiou",
-    "pairwise_maiou_pairs",
     "pairwise_maiou_bruteforce",
     "mask_over_box",
     "pairwise_giou",

@@ -1,6 +1,7 @@
-"""Mask-aware IoU (maIoU, Alg. 1 of the paper) and the box proximity measures ATSS can use.
+"""Mask-aware IoU (maIoU, Alg. 1 of the paper): one kernel, its checked wrappers and the oracle.
 
-maIoU between a ground truth (box B, mask M) and an anchor Â (SPEC 6.4):
+maIoU between a ground truth (box B, mask M) and an anchor Â
+(docs/official_implementation.md §6.4, "maIoU"):
 
     MOB  = |M| / (|B| + 1e-6)                          mask-over-box ratio (Definition 1)
     I_ma = |round(Â) ∩ M| / MOB = |round(Â) ∩ M| |B| / |M|   mask-aware intersection (Eq. 3)
@@ -12,44 +13,41 @@ integer box (x1, y1, x2, y2) covers columns x1..x2-1 and rows y1..y2-1. Counts c
 images (:meth:`mayolact.structures.IntegralImages.box_counts`, whose lookup constants are built
 with the structure, in the data loader), four reads per pair, with no loop over GTs or anchors.
 
-**Empty masks.** The official code divides 0 by MOB = 0 and gets NaN, which silently leaves such a
-GT without positives in ATSS. Here the rows of empty-mask GTs are 0 (never NaN); the matcher gives
-those GTs no positives too (see :class:`mayolact.matchers.ATSSMatcher`).
+One kernel, :func:`paired_maiou`, computes maIoU everywhere: :func:`pairwise_maiou` (all pairs,
+in chunks), the ATSS matcher (its G x C candidates) and, through :func:`pairwise_maiou`, the
+figures. :func:`pairwise_maiou_bruteforce` is the independent oracle (and the "without Alg. 1"
+row of Table 3): it counts mask pixels directly and shares only the definition with the kernel.
 
-**IoU conventions.** mmdet (and this module) divides by ``max(union, 1e-6)``; Detectron2's
-``pairwise_iou`` divides by the raw union where the intersection is positive and returns 0
-elsewhere. The two differ only when both boxes have an area below 1e-6 px².
+**Empty masks.** maIoU is 0 for a GT whose mask is empty (MOB = 0), never NaN. The official code
+divides 0 by MOB = 0 and gets NaN, whose NaN ATSS threshold gives such a GT no positives; the
+matcher states that rule explicitly (:class:`mayolact.matchers.ATSSMatcher`), so assignments are
+the official ones.
+
+Box measures (IoU, GIoU, DIoU, the eps-clamped union) live in :mod:`mayolact.box_ops`.
 
 Shape shorthand:
     G: number of ground truths (masks) of one image.
     A: number of anchors (all levels).
-    P: number of explicit (GT, anchor) pairs.
     H, W: image (mask) height and width.
 """
-import logging
 from typing import Optional, Union
 
 import torch
 from detectron2.structures import BitMasks, Boxes
 
+from mayolact.box_ops import EPS, as_box_tensor, box_area, box_inter_union
 from mayolact.structures import IntegralImages, as_integral_images
 
 __all__ = [
+    "paired_maiou",
     "pairwise_maiou",
-    "pairwise_maiou_pairs",
     "pairwise_maiou_bruteforce",
     "mask_over_box",
     "mask_fraction_in_boxes",
-    "pairwise_giou",
-    "pairwise_diou",
-    "paired_iou",
-    "paired_giou",
-    "paired_diou",
+    "check_integral_masks",
+    "check_gt_masks",
 ]
 
-logger = logging.getLogger(__name__)
-
-EPS = 1e-6
 # pairwise_maiou processes at most this many (GT, anchor) pairs at once (bounded memory).
 _MAX_PAIRS_PER_CHUNK = 1 << 20
 
@@ -58,39 +56,21 @@ IntegralLike = Union[IntegralImages, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- validation
-def _as_box_tensor(boxes: BoxesLike, name: str) -> torch.Tensor:
-    """Return the (N, 4) XYXY float tensor of ``boxes``; raise ValueError naming ``name``."""
-    if isinstance(boxes, Boxes):
-        boxes = boxes.tensor
-    if not isinstance(boxes, torch.Tensor):
-        raise ValueError(f"{name} must be detectron2 Boxes or an (N, 4) tensor, "
-                         f"got {type(boxes).__name__}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (N, 4) (XYXY), got {tuple(boxes.shape)}")
-    if not boxes.dtype.is_floating_point:
-        boxes = boxes.float()
-    _check_box_values(boxes, name)
-    return boxes
+def check_integral_masks(integral_masks: IntegralLike, num_gt: int, device: torch.device,
+                         name: str = "integral_masks") -> IntegralImages:
+    """The integral images of ``num_gt`` masks as :class:`IntegralImages`, checked.
 
+    Args:
+        integral_masks (IntegralImages or Tensor): integral images, or dense int (G, H+1, W+1)
+            ones (zero first row and column).
+        num_gt (int): the number of GT boxes they must match.
+        device (torch.device): the device of the boxes.
+        name (str): the argument's name, for error messages.
 
-def _check_box_values(boxes: torch.Tensor, name: str) -> None:
-    """Finite coordinates and x2 >= x1, y2 >= y1 for (..., 4) boxes (one host sync)."""
-    if boxes.numel() == 0:
-        return
-    ok = torch.isfinite(boxes).all() & (boxes[..., 2:] >= boxes[..., :2]).all()
-    if bool(ok):
-        return
-    flat = boxes.reshape(-1, 4)
-    if not bool(torch.isfinite(flat).all()):
-        raise ValueError(f"{name} contains non-finite coordinates (NaN or inf)")
-    bad = torch.nonzero((flat[:, 2:] < flat[:, :2]).any(1))[0, 0]
-    raise ValueError(f"{name} has a box with x2 < x1 or y2 < y1 (XYXY expected): index {int(bad)}, "
-                     f"{flat[bad].tolist()}")
-
-
-def _as_integral(integral_masks: IntegralLike, num_gt: int, device: torch.device,
-                 name: str = "integral_masks") -> IntegralImages:
-    """Convert to :class:`IntegralImages` and check the count and the device."""
+    Raises:
+        ValueError: naming ``name``: malformed integral images, a count other than ``num_gt``, or
+            another device.
+    """
     try:
         ii = as_integral_images(integral_masks)
     except ValueError as e:
@@ -102,8 +82,19 @@ def _as_integral(integral_masks: IntegralLike, num_gt: int, device: torch.device
     return ii
 
 
-def _as_masks(masks, num_gt: int, device: torch.device, name: str = "gt_masks") -> torch.Tensor:
-    """Return (G, H, W) bool masks from a tensor or BitMasks; check the count and the device."""
+def check_gt_masks(masks, num_gt: int, device: torch.device, name: str = "gt_masks") -> torch.Tensor:
+    """(G, H, W) bool masks from a tensor or ``BitMasks``, checked.
+
+    Args:
+        masks (Tensor or BitMasks): (G, H, W) masks, any dtype (non-zero is foreground).
+        num_gt (int): the number of GT boxes they must match.
+        device (torch.device): the device of the boxes.
+        name (str): the argument's name, for error messages.
+
+    Raises:
+        ValueError: naming ``name``: not (G, H, W), a count other than ``num_gt``, or another
+            device.
+    """
     if isinstance(masks, BitMasks):
         masks = masks.tensor
     if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
@@ -116,89 +107,41 @@ def _as_masks(masks, num_gt: int, device: torch.device, name: str = "gt_masks") 
     return masks != 0
 
 
-# ------------------------------------------------------------------------- box measures
-def _areas(b: torch.Tensor) -> torch.Tensor:
-    return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+# -------------------------------------------------------------------------------- maIoU
+def _mob(gt: torch.Tensor, ii: IntegralImages) -> torch.Tensor:
+    """MOB of (G, ..., 4) GT boxes -> (G, ...); the mask areas are precomputed in ``ii``."""
+    areas = ii.areas().to(gt.dtype).view((len(ii),) + (1,) * (gt.dim() - 2))
+    return areas / (box_area(gt) + EPS)
 
 
-def _inter_union(b1: torch.Tensor, b2: torch.Tensor, area1: Optional[torch.Tensor] = None):
-    """Intersection and eps-clamped union of broadcastable (..., 4) boxes.
+def paired_maiou(gt_boxes: torch.Tensor, anchors: torch.Tensor,
+                 integral_masks: IntegralImages) -> torch.Tensor:
+    """The maIoU kernel: maIoU of broadcastable (GT, anchor) pairs, row g for GT g (no checks).
 
-    ``area1``, when given, is ``_areas(b1)`` computed by the caller (shared with MOB).
-    """
-    lt = torch.maximum(b1[..., :2], b2[..., :2])
-    rb = torch.minimum(b1[..., 2:], b2[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    if area1 is None:
-        area1 = _areas(b1)
-    union = (area1 + _areas(b2) - inter).clamp(min=EPS)
-    return inter, union
+    ``(|round(anchor) ∩ M| / MOB) / max(|anchor ∪ B|, 1e-6)`` in the official operation order;
+    0 where the box IoU is 0 and on the rows of empty masks.
 
-
-def _enclosing_wh(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    lt = torch.minimum(b1[..., :2], b2[..., :2])
-    rb = torch.maximum(b1[..., 2:], b2[..., 2:])
-    return (rb - lt).clamp(min=0)
-
-
-def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of broadcastable (..., 4) XYXY boxes, element by element (mmdet's eps union).
-
-    No input checks (internal fast path); use the ``pairwise_*`` functions for checked input.
+    Args:
+        gt_boxes (Tensor): (G, 1, ..., 4) XYXY GT boxes (one row per GT; the trailing dims
+            broadcast against ``anchors``).
+        anchors (Tensor): (G, ..., 4) or (1, ..., 4) XYXY anchors with x2 >= x1 and y2 >= y1
+            (checked by the caller), same dtype as ``gt_boxes``.
+        integral_masks (IntegralImages): the G masks' integral images, on the same device.
 
     Returns:
-        Tensor: (...) IoU, ``inter / max(union, 1e-6)``.
+        Tensor: (G, ...) maIoU, e.g. (G, C) for ATSS candidates (G, C, 4) or (G, A) for
+        (1, A, 4) anchors.
     """
-    inter, union = _inter_union(boxes1, boxes2)
-    return inter / union
+    inter, union = box_inter_union(gt_boxes, anchors)
+    mob = _mob(gt_boxes, integral_masks)
+    # Rounding keeps x2 >= x1 and y2 >= y1: ordered boxes for box_counts.
+    cnt = integral_masks.box_counts(torch.round(anchors).long(), ordered=True)
+    valid = (inter > 0) & (mob > 0)
+    # Same operation order as the official code: (count / MOB) / union.
+    maiou = cnt.to(union.dtype) / torch.where(valid, mob, torch.ones_like(mob)) / union
+    return torch.where(valid, maiou, torch.zeros_like(maiou))
 
 
-def paired_giou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """GIoU of broadcastable (..., 4) boxes, element by element (SPEC 6.3).
-
-    ``giou = iou - (enclose - union) / enclose`` with ``enclose = max(area of the smallest
-    enclosing box, 1e-6)`` and ``union = max(|A| + |B| - |A∩B|, 1e-6)``.
-    """
-    inter, union = _inter_union(boxes1, boxes2)
-    ewh = _enclosing_wh(boxes1, boxes2)
-    enclose = (ewh[..., 0] * ewh[..., 1]).clamp(min=EPS)
-    return inter / union - (enclose - union) / enclose
-
-
-def paired_diou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """DIoU of broadcastable (..., 4) boxes, element by element (SPEC 6.3).
-
-    ``diou = iou - ((cx2-cx1)^2 + (cy2-cy1)^2) / max(enclose_w^2 + enclose_h^2, 1e-6)``.
-    """
-    inter, union = _inter_union(boxes1, boxes2)
-    ewh = _enclosing_wh(boxes1, boxes2)
-    diag = (ewh[..., 0] ** 2 + ewh[..., 1] ** 2).clamp(min=EPS)
-    c1 = (boxes1[..., :2] + boxes1[..., 2:]) / 2
-    c2 = (boxes2[..., :2] + boxes2[..., 2:]) / 2
-    dist = ((c2 - c1) ** 2).sum(-1)
-    return inter / union - dist / diag
-
-
-def _pairwise(paired_fn, boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
-    b1 = _as_box_tensor(boxes1, "boxes1")
-    b2 = _as_box_tensor(boxes2, "boxes2")
-    return paired_fn(b1[:, None, :], b2[None, :, :])
-
-
-def pairwise_giou(boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
-    """GIoU of all pairs: (N, 4) and (M, 4) XYXY boxes (``Boxes`` or tensors) -> float (N, M)
-    in (-1, 1]."""
-    return _pairwise(paired_giou, boxes1, boxes2)
-
-
-def pairwise_diou(boxes1: BoxesLike, boxes2: BoxesLike) -> torch.Tensor:
-    """DIoU of all pairs: (N, 4) and (M, 4) XYXY boxes (``Boxes`` or tensors) -> float (N, M)
-    in (-1, 1]."""
-    return _pairwise(paired_diou, boxes1, boxes2)
-
-
-# -------------------------------------------------------------------------------- maIoU
 def mask_over_box(gt_boxes: BoxesLike, integral_masks: IntegralLike) -> torch.Tensor:
     """MOB ratio of Definition 1: ``|M| / (|B| + 1e-6)`` per ground truth.
 
@@ -211,14 +154,9 @@ def mask_over_box(gt_boxes: BoxesLike, integral_masks: IntegralLike) -> torch.Te
     Returns:
         Tensor: float (G,), 0 for empty masks.
     """
-    gt = _as_box_tensor(gt_boxes, "gt_boxes")
-    ii = _as_integral(integral_masks, gt.shape[0], gt.device)
+    gt = as_box_tensor(gt_boxes, "gt_boxes")
+    ii = check_integral_masks(integral_masks, gt.shape[0], gt.device)
     return _mob(gt, ii)
-
-
-def _mob(gt: torch.Tensor, ii: IntegralImages) -> torch.Tensor:
-    """float (G,) MOB of (G, 4) GT boxes; the mask areas are precomputed in ``ii``."""
-    return ii.areas().to(gt.dtype) / (_areas(gt) + EPS)
 
 
 def mask_fraction_in_boxes(boxes: BoxesLike, integral_masks: IntegralLike,
@@ -236,7 +174,7 @@ def mask_fraction_in_boxes(boxes: BoxesLike, integral_masks: IntegralLike,
     Returns:
         Tensor: float (N,).
     """
-    b = _as_box_tensor(boxes, "boxes")
+    b = as_box_tensor(boxes, "boxes")
     try:
         ii = as_integral_images(integral_masks)
     except ValueError as e:
@@ -246,10 +184,10 @@ def mask_fraction_in_boxes(boxes: BoxesLike, integral_masks: IntegralLike,
     index = _check_index(index, b.shape[:1], len(ii), b.device)
     # Rounding keeps the checked boxes' x2 >= x1 and y2 >= y1: ordered boxes.
     cnt = ii.box_counts(torch.round(b).long(), index, ordered=True).to(b.dtype)
-    return cnt / (_areas(b) + EPS)
+    return cnt / (box_area(b) + EPS)
 
 
-def _check_index(index, shape, num_gt: int, device, name: str = "gt_index") -> torch.Tensor:
+def _check_index(index, shape, num_gt: int, device, name: str = "index") -> torch.Tensor:
     if not isinstance(index, torch.Tensor):
         index = torch.as_tensor(index, device=device)
     if index.dtype.is_floating_point or index.dtype == torch.bool:
@@ -267,31 +205,9 @@ def _check_index(index, shape, num_gt: int, device, name: str = "gt_index") -> t
     return index.long()
 
 
-def _maiou_from_terms(inter: torch.Tensor, union: torch.Tensor, cnt: torch.Tensor,
-                      mob: torch.Tensor) -> torch.Tensor:
-    """maIoU from the box terms, the mask counts and MOB (broadcastable), 0 where IoU is 0."""
-    valid = (inter > 0) & (mob > 0)
-    # Same operation order as the official code: (count / MOB) / union.
-    maiou = cnt.to(union.dtype) / torch.where(valid, mob, torch.ones_like(mob)) / union
-    return torch.where(valid, maiou, torch.zeros_like(maiou))
-
-
-def _maiou_core(gt_b: torch.Tensor, anc_b: torch.Tensor, anc_rounded: torch.Tensor,
-                index: Optional[torch.Tensor], ii: IntegralImages,
-                mob: torch.Tensor) -> torch.Tensor:
-    """maIoU of broadcastable pairs: GT boxes, anchors (float and rounded), mask index, MOB.
-
-    ``index`` None: the pairs are laid out (G, ...), row g for GT g (see ``box_counts``).
-    The anchors are checked boxes (x2 >= x1, y2 >= y1), so their rounding is ordered.
-    """
-    inter, union = _inter_union(gt_b, anc_b)
-    cnt = ii.box_counts(anc_rounded, index, ordered=True)
-    return _maiou_from_terms(inter, union, cnt, mob)
-
-
 def pairwise_maiou(gt_boxes: BoxesLike, anchors: BoxesLike, integral_masks: IntegralLike,
                    chunk_size: Optional[int] = None) -> torch.Tensor:
-    """Mask-aware IoU of every (GT, anchor) pair, exactly as SPEC 6.4 (Alg. 1).
+    """Mask-aware IoU of every (GT, anchor) pair, with the kernel :func:`paired_maiou`.
 
     Args:
         gt_boxes (Boxes or Tensor): (G, 4) XYXY GT boxes, in input-image pixels.
@@ -309,11 +225,11 @@ def pairwise_maiou(gt_boxes: BoxesLike, anchors: BoxesLike, integral_masks: Inte
         ValueError: malformed boxes (shape, x2 < x1, non-finite), a number of integral images
             different from G, or a device mismatch.
     """
-    gt = _as_box_tensor(gt_boxes, "gt_boxes")
-    anc = _as_box_tensor(anchors, "anchors")
+    gt = as_box_tensor(gt_boxes, "gt_boxes")
+    anc = as_box_tensor(anchors, "anchors")
     if anc.device != gt.device:
         raise ValueError(f"anchors are on {anc.device} but gt_boxes are on {gt.device}")
-    ii = _as_integral(integral_masks, gt.shape[0], gt.device)
+    ii = check_integral_masks(integral_masks, gt.shape[0], gt.device)
     dtype = torch.promote_types(gt.dtype, anc.dtype)
     gt, anc = gt.to(dtype), anc.to(dtype)
     G, A = gt.shape[0], anc.shape[0]
@@ -324,67 +240,20 @@ def pairwise_maiou(gt_boxes: BoxesLike, anchors: BoxesLike, integral_masks: Inte
         chunk_size = max(1, _MAX_PAIRS_PER_CHUNK // G)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    mob = _mob(gt, ii)[:, None]  # (G, 1)
-    rounded = torch.round(anc).long()
     for s in range(0, A, chunk_size):  # chunks of anchors, for bounded memory
         e = min(A, s + chunk_size)
-        out[:, s:e] = _maiou_core(gt[:, None, :], anc[None, s:e], rounded[None, s:e], None, ii, mob)
+        out[:, s:e] = paired_maiou(gt[:, None, :], anc[None, s:e], ii)
     return out
-
-
-def pairwise_maiou_pairs(gt_boxes: BoxesLike, anchors: torch.Tensor, gt_index: torch.Tensor,
-                         integral_masks: IntegralLike) -> torch.Tensor:
-    """maIoU of explicit pairs: anchor ``anchors[...]`` against GT ``gt_index[...]``.
-
-    ATSS evaluates only its candidates in the same way (``ATSSMatcher`` runs the same lookups
-    inline, in the (G, C) layout), so ATSS with maIoU costs about as much as ATSS with IoU.
-    Values equal the corresponding entries of :func:`pairwise_maiou`.
-
-    Args:
-        gt_boxes (Boxes or Tensor): (G, 4) XYXY GT boxes.
-        anchors (Boxes or Tensor): (..., 4) XYXY anchors, e.g. (P, 4) or (G, C, 4).
-        gt_index (Tensor): int64 (...), the GT of each anchor, broadcastable against
-            ``anchors[..., 0]`` (e.g. (P,) or (G, 1)).
-        integral_masks (IntegralImages or Tensor): integral images of the G GT masks.
-
-    Returns:
-        Tensor: float, the broadcast shape of ``anchors[..., 0]`` and ``gt_index``.
-    """
-    gt = _as_box_tensor(gt_boxes, "gt_boxes")
-    if isinstance(anchors, Boxes):
-        anchors = anchors.tensor
-    if not isinstance(anchors, torch.Tensor) or anchors.dim() < 1 or anchors.shape[-1] != 4:
-        shape = tuple(anchors.shape) if hasattr(anchors, "shape") else type(anchors).__name__
-        raise ValueError(f"anchors must have shape (..., 4), got {shape}")
-    if not anchors.dtype.is_floating_point:
-        anchors = anchors.float()
-    _check_box_values(anchors, "anchors")
-    if anchors.device != gt.device:
-        raise ValueError(f"anchors are on {anchors.device} but gt_boxes are on {gt.device}")
-    ii = _as_integral(integral_masks, gt.shape[0], gt.device)
-    index = _check_index(gt_index, anchors.shape[:-1], gt.shape[0], gt.device)
-    return _maiou_pairs_unchecked(gt, anchors, index, ii)
-
-
-def _maiou_pairs_unchecked(gt: torch.Tensor, anchors: torch.Tensor, index: torch.Tensor,
-                           ii: IntegralImages, mob: Optional[torch.Tensor] = None) -> torch.Tensor:
-    dtype = torch.promote_types(gt.dtype, anchors.dtype)
-    gt, anchors = gt.to(dtype), anchors.to(dtype)
-    if gt.shape[0] == 0 or anchors.numel() == 0 or index.numel() == 0:
-        shape = torch.broadcast_shapes(anchors.shape[:-1], index.shape)
-        return gt.new_zeros(shape)
-    if mob is None:
-        mob = _mob(gt, ii)
-    return _maiou_core(gt[index], anchors, torch.round(anchors).long(), index, ii, mob[index])
 
 
 def pairwise_maiou_bruteforce(gt_boxes: BoxesLike, anchors: BoxesLike, masks) -> torch.Tensor:
     """maIoU of every (GT, anchor) pair by counting mask pixels directly (no integral images).
 
-    The oracle of :func:`pairwise_maiou` and the "without Alg. 1" row of the paper's Table 3.
-    It loops over the GTs; for each, every anchor with a positive box IoU counts the mask pixels
-    in rows y1..y2-1 and columns x1..x2-1 of its rounded, clipped box (a sum over all H x W
-    pixels of row-in-box x column-in-box x mask, done as a matrix product).
+    The independent oracle of the kernel :func:`paired_maiou` (it shares only the definition:
+    its box terms, MOB and counts are computed here, GT by GT) and the "without Alg. 1" row of the
+    paper's Table 3. For each GT, every anchor with a positive box intersection counts the mask
+    pixels in rows y1..y2-1 and columns x1..x2-1 of its rounded, clipped box (a sum over all
+    H x W pixels of row-in-box x column-in-box x mask, done as a matrix product).
 
     Args:
         gt_boxes (Boxes or Tensor): (G, 4) XYXY GT boxes.
@@ -392,13 +261,14 @@ def pairwise_maiou_bruteforce(gt_boxes: BoxesLike, anchors: BoxesLike, masks) ->
         masks (Tensor or BitMasks): bool / uint8 (G, H, W) GT masks.
 
     Returns:
-        Tensor: float (G, A), equal to :func:`pairwise_maiou` (to float rounding).
+        Tensor: float (G, A), equal to :func:`pairwise_maiou` (to float rounding); 0 where the
+        boxes do not intersect and on the rows of empty masks.
     """
-    gt = _as_box_tensor(gt_boxes, "gt_boxes")
-    anc = _as_box_tensor(anchors, "anchors")
+    gt = as_box_tensor(gt_boxes, "gt_boxes")
+    anc = as_box_tensor(anchors, "anchors")
     if anc.device != gt.device:
         raise ValueError(f"anchors are on {anc.device} but gt_boxes are on {gt.device}")
-    masks = _as_masks(masks, gt.shape[0], gt.device, "masks")
+    masks = check_gt_masks(masks, gt.shape[0], gt.device, "masks")
     dtype = torch.promote_types(gt.dtype, anc.dtype)
     gt, anc = gt.to(dtype), anc.to(dtype)
     G, A = gt.shape[0], anc.shape[0]
@@ -406,9 +276,8 @@ def pairwise_maiou_bruteforce(gt_boxes: BoxesLike, anchors: BoxesLike, masks) ->
     out = gt.new_zeros((G, A))
     if G == 0 or A == 0:
         return out
-    inter, union = _inter_union(gt[:, None, :], anc[None, :, :])
     mask_area = masks.flatten(1).sum(1).to(dtype)
-    mob = mask_area / (_areas(gt) + EPS)
+    anc_area = (anc[:, 2] - anc[:, 0]) * (anc[:, 3] - anc[:, 1])
     r = torch.round(anc).long()
     x1, x2 = r[:, 0].clamp(0, W), r[:, 2].clamp(0, W)
     y1, y2 = r[:, 1].clamp(0, H), r[:, 3].clamp(0, H)
@@ -416,16 +285,23 @@ def pairwise_maiou_bruteforce(gt_boxes: BoxesLike, anchors: BoxesLike, masks) ->
     xs = torch.arange(W, device=gt.device)
     # float32 sums of 0/1 products are exact below 2^24 pixels.
     cdt = torch.float32 if H * W < (1 << 24) else torch.float64
+    step = max(1, (1 << 24) // max(1, H + W) // 4)
     for g in range(G):
         if mask_area[g] == 0:
             continue
+        gx1, gy1, gx2, gy2 = gt[g]
+        iw = (torch.minimum(anc[:, 2], gx2) - torch.maximum(anc[:, 0], gx1)).clamp(min=0)
+        ih = (torch.minimum(anc[:, 3], gy2) - torch.maximum(anc[:, 1], gy1)).clamp(min=0)
+        inter = iw * ih
+        gt_area = (gx2 - gx1) * (gy2 - gy1)
+        union = (gt_area + anc_area - inter).clamp(min=1e-6)
+        mob = mask_area[g] / (gt_area + 1e-6)
         m = masks[g].to(cdt)
-        sel = torch.nonzero(inter[g] > 0).flatten()
-        step = max(1, (1 << 24) // max(1, H + W) // 4)
+        sel = torch.nonzero(inter > 0).flatten()
         for s in range(0, sel.numel(), step):
             idx = sel[s:s + step]
             rows = ((ys >= y1[idx, None]) & (ys < y2[idx, None])).to(cdt)  # (P, H)
             cols = ((xs >= x1[idx, None]) & (xs < x2[idx, None])).to(cdt)  # (P, W)
             cnt = ((rows @ m) * cols).sum(1).to(dtype)
-            out[g, idx] = cnt / mob[g] / union[g, idx]
+            out[g, idx] = cnt / mob / union[idx]
     return out

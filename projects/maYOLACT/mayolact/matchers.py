@@ -20,19 +20,17 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Boxes, pairwise_iou
 
-from mayolact.maiou import (
-    EPS,
-    _areas,
-    _as_box_tensor,
-    _as_integral,
-    _as_masks,
-    _check_box_values,
-    _inter_union,
+from mayolact.box_ops import (
+    as_box_tensor,
+    check_box_values,
     paired_diou,
     paired_giou,
     paired_iou,
-    pairwise_diou,
-    pairwise_giou,
+)
+from mayolact.maiou import (
+    check_gt_masks,
+    check_integral_masks,
+    paired_maiou,
     pairwise_maiou,
     pairwise_maiou_bruteforce,
 )
@@ -42,6 +40,9 @@ __all__ = ["ATSSMatcher", "FixedIoUMatcher", "build_anchor_matcher", "MATCHERS"]
 logger = logging.getLogger(__name__)
 
 AnchorsLike = Union[Boxes, torch.Tensor, Sequence[Union[Boxes, torch.Tensor]]]
+
+# ATSS's box qualities, element by element on broadcastable (..., 4) boxes.
+_PAIRED_BOX_QUALITY = {"iou": paired_iou, "giou": paired_giou, "diou": paired_diou}
 
 
 def _anchors_per_level(anchors: AnchorsLike) -> List[torch.Tensor]:
@@ -66,7 +67,7 @@ def _anchors_per_level(anchors: AnchorsLike) -> List[torch.Tensor]:
 
 def _cat_anchors(levels: List[torch.Tensor]) -> torch.Tensor:
     anchors = torch.cat(levels, dim=0) if len(levels) > 1 else levels[0]
-    _check_box_values(anchors, "anchors_per_level")
+    check_box_values(anchors, "anchors_per_level")
     return anchors
 
 
@@ -92,8 +93,10 @@ class ATSSMatcher:
         * a GT with a single candidate overall (one anchor in total): the unbiased std of one
           value is NaN in the official code, so its threshold is NaN and it gets no positives.
           Here the threshold is +inf, with the same result and no warning.
-        * ``quality="maiou"``: a GT with an empty mask gets no positives (the official code gets
-          NaN maIoU and thus a NaN threshold; SPEC 6.4).
+        * ``quality="maiou"``: a GT with an empty mask gets no positives. Its maIoU row is 0
+          (:mod:`mayolact.maiou`'s convention), which alone would make every candidate reach the
+          threshold 0; the official code gets NaN maIoU, a NaN threshold and so no positives,
+          and this rule gives the same assignment.
         * ties in centre distance (e.g. the two anchors of one location in maYOLACT) are broken
           by ``torch.topk``, as in the official code.
     """
@@ -149,12 +152,8 @@ class ATSSMatcher:
     # ------------------------------------------------------------------------------------
     def _full_quality(self, gt, anchors, ii, masks) -> torch.Tensor:
         """(G, R) quality of all pairs (brute force, or candidates_only=False)."""
-        if self.quality == "iou":
-            return paired_iou(gt[:, None, :], anchors[None, :, :])
-        if self.quality == "giou":
-            return pairwise_giou(gt, anchors)
-        if self.quality == "diou":
-            return pairwise_diou(gt, anchors)
+        if self.quality != "maiou":
+            return _PAIRED_BOX_QUALITY[self.quality](gt[:, None, :], anchors[None, :, :])
         if self.bruteforce:
             return pairwise_maiou_bruteforce(gt, anchors, masks)
         return pairwise_maiou(gt, anchors, ii)
@@ -162,28 +161,12 @@ class ATSSMatcher:
     def _candidate_quality(self, gt, cand_boxes, ii) -> torch.Tensor:
         """(G, C) quality of the candidates, ``cand_boxes`` (G, C, 4).
 
-        For maIoU, the rows of empty masks are all NaN (0 / MOB = 0 / 0), so their threshold is
-        NaN and they get no positives (the official code gets NaN where the IoU is positive).
+        maIoU runs the kernel on the G x C pairs only: four integral-image reads per candidate,
+        with the lookup constants precomputed in ``ii`` (by the data loader).
         """
-        g = gt[:, None, :]
-        if self.quality == "giou":
-            return paired_giou(g, cand_boxes)
-        if self.quality == "diou":
-            return paired_diou(g, cand_boxes)
-        if self.quality == "iou":
-            inter, union = _inter_union(g, cand_boxes)
-            return inter / union
-        # maIoU (Alg. 1) on the (G, C) pairs: the box IoU's union is the maIoU union and the GT
-        # areas serve both it and MOB; the counts are four table reads per candidate, with the
-        # lookup constants precomputed in ``ii`` (by the data loader).
-        gt_area = _areas(g)  # (G, 1)
-        inter, union = _inter_union(g, cand_boxes, area1=gt_area)
-        mob = ii.areas(keepdim=True) / (gt_area + EPS)  # (G, 1), 0 for empty masks
-        # Rounding keeps the anchors' x2 >= x1, y2 >= y1 (checked on entry): ordered boxes.
-        cnt = ii.box_counts(torch.round(cand_boxes).long(), ordered=True)  # (G, C)
-        # (count / MOB) / union as the official code, 0 where the IoU is 0; the rows of empty
-        # masks are 0 / 0 = NaN.
-        return cnt * (inter > 0) / mob / union
+        if self.quality == "maiou":
+            return paired_maiou(gt[:, None, :], cand_boxes, ii)
+        return _PAIRED_BOX_QUALITY[self.quality](gt[:, None, :], cand_boxes)
 
     @torch.no_grad()
     def __call__(self, anchors_per_level: AnchorsLike, gt_boxes: Union[Boxes, torch.Tensor],
@@ -203,7 +186,7 @@ class ATSSMatcher:
             match_labels (Tensor): int8 (R,), 1 for positives, 0 for negatives.
         """
         levels = _anchors_per_level(anchors_per_level)
-        gt = _as_box_tensor(gt_boxes, "gt_boxes")
+        gt = as_box_tensor(gt_boxes, "gt_boxes")
         device = levels[0].device
         if gt.device != device or any(a.device != device for a in levels):
             raise ValueError("ATSSMatcher: gt_boxes and all anchors must be on the same device")
@@ -218,12 +201,12 @@ class ATSSMatcher:
                 if gt_masks is None:
                     raise ValueError("ATSSMatcher(quality='maiou', bruteforce=True) needs gt_masks "
                                      "(G, H, W)")
-                masks = _as_masks(gt_masks, G, device)
+                masks = check_gt_masks(gt_masks, G, device)
             else:
                 if integral_masks is None:
                     raise ValueError("ATSSMatcher(quality='maiou') needs integral_masks (one "
                                      "integral image per GT); got None")
-                ii = _as_integral(integral_masks, G, device)
+                ii = check_integral_masks(integral_masks, G, device)
 
         matches, labels = _empty_result(R, device)
         if G == 0 or R == 0:
@@ -261,7 +244,7 @@ class ATSSMatcher:
         c = anc_ctr[cand]  # (G, C, 2)
         margin = torch.minimum(c - gt[:, None, :2], gt[:, None, 2:] - c).amin(dim=-1)  # (G, C)
         is_pos &= margin > self.center_eps
-        if self.quality == "maiou" and not candidate_path:  # empty masks: no positives
+        if self.quality == "maiou":  # a GT with an empty mask gets no positives (maIoU rows of 0)
             is_pos &= (ii.areas() > 0 if masks is None else masks.flatten(1).any(1))[:, None]
 
         # 4. Anchors positive for several GTs go to the highest quality (lowest GT on ties).
@@ -354,7 +337,7 @@ class FixedIoUMatcher:
             match_labels (Tensor): int8 (R,), in {-1, 0, 1}.
         """
         levels = _anchors_per_level(anchors_per_level)
-        gt = _as_box_tensor(gt_boxes, "gt_boxes")
+        gt = as_box_tensor(gt_boxes, "gt_boxes")
         anchors = _cat_anchors(levels)
         if gt.device != anchors.device:
             raise ValueError("FixedIoUMatcher: gt_boxes and the anchors must be on the same device")
