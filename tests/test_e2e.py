@@ -139,7 +139,7 @@ def test_train_then_eval_only_on_coco_mini(coco_mini, tmp_path, monkeypatch):
     config = QUICK / "yolact_R_50_FPN_quick_atss_maiou.yaml"
     out = tmp_path / "out"
     common = ["OUTPUT_DIR", out, "SEED", 0]
-    # MAX_ITER 3 with the quick STEPS (3,): a step at MAX_ITER is dropped by the engine.
+    # MAX_ITER 3: the quick configs' LR step lands at 3/4 of it (iteration 2).
     run_train_net(["--config-file", config, *common,
                    "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", "()",
                    "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False,

@@ -15,6 +15,7 @@ from mayolact.engine import (
     GlobalNormClipSGD,
     build_yolact_lr_scheduler,
     build_yolact_optimizer,
+    resolve_lr_steps,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +156,48 @@ def test_unknown_config_key_names_the_file_and_the_key(tmp_path):
         train_net.load_config(str(tmp_path / "missing.yaml"))
     with pytest.raises(train_net.ConfigError, match="NOPE"):
         train_net.load_config("", ["MODEL.YOLACT.NOPE", "1"])
+
+
+# ----------------------------------------------------- LR steps that follow SOLVER.MAX_ITER
+def test_relative_steps_follow_max_iter():
+    cfg = _cfg(BASE_LR=0.01, STEPS=(), MAX_ITER=20, WARMUP_ITERS=0, GAMMA=0.1)
+    cfg.SOLVER.YOLACT.RELATIVE_STEPS = (0.5, 0.75)
+    lrs = _lrs(cfg, 20)
+    assert math.isclose(lrs[9], 0.01) and math.isclose(lrs[10], 0.001)
+    assert math.isclose(lrs[14], 0.001) and math.isclose(lrs[15], 0.0001, rel_tol=1e-6)
+
+
+def test_quick_config_schedule_follows_a_max_iter_override():
+    """Overriding only SOLVER.MAX_ITER keeps the quick configs' step at 3/4 of the run."""
+    quick = str(REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml")
+    train_net = load_train_net()
+    assert resolve_lr_steps(train_net.load_config(quick)) == (3,)
+    assert resolve_lr_steps(train_net.load_config(quick, ["SOLVER.MAX_ITER", "20"])) == (15,)
+    # Explicit STEPS still win.
+    cfg = train_net.load_config(quick, ["SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "(12,)"])
+    assert resolve_lr_steps(cfg) == (12,)
+
+
+def test_steps_far_before_or_beyond_max_iter_warn(caplog):
+    cfg = _cfg(STEPS=(3,), MAX_ITER=20)
+    with caplog.at_level("WARNING", logger="mayolact.engine"):
+        assert resolve_lr_steps(cfg) == (3,)
+    assert "15% of SOLVER.MAX_ITER (20)" in caplog.text
+    caplog.clear()
+    cfg = _cfg(STEPS=(15, 30), MAX_ITER=20)
+    with caplog.at_level("WARNING", logger="mayolact.engine"):
+        assert resolve_lr_steps(cfg) == (15,)
+    assert "steps >= SOLVER.MAX_ITER (20) are ignored" in caplog.text
+    caplog.clear()
+    cfg = _cfg(STEPS=(15,), MAX_ITER=20)  # a sensible schedule: silent
+    with caplog.at_level("WARNING", logger="mayolact.engine"):
+        assert resolve_lr_steps(cfg) == (15,)
+    assert not caplog.text
+
+
+@pytest.mark.parametrize("fractions", [(0.0,), (1.0,), (0.5, 1.5)])
+def test_relative_steps_outside_0_1_name_the_key(fractions):
+    cfg = _cfg(STEPS=(), MAX_ITER=20)
+    cfg.SOLVER.YOLACT.RELATIVE_STEPS = fractions
+    with pytest.raises(ValueError, match="SOLVER.YOLACT.RELATIVE_STEPS"):
+        resolve_lr_steps(cfg)

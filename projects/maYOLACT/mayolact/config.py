@@ -78,6 +78,9 @@ def add_mayolact_config(cfg):
     y.DEFORM_INTERVAL = 1  # in DCN stages, every n-th block is deformable (YOLACT++ R-101: 3)
     y.RESNET_WIDTH_SCALE = 1.0  # multiplies every ResNet width (stem, bottleneck, output): CPU demos
 
+    # Loading MODEL.WEIGHTS.
+    y.WEIGHTS_SKIP_CLASS_LAYERS = False  # fine-tuning: class layers may be absent/other-sized in WEIGHTS
+
     # ----------------------------------------------------------------- data
     _C.INPUT.YOLACT = CN()
     d = _C.INPUT.YOLACT
@@ -103,6 +106,8 @@ def add_mayolact_config(cfg):
     s.GLOBAL_CLIP_NORM = 35.0  # clip the global L2 norm of all gradients to this (0 disables)
     s.ITERS_PER_EPOCH = 0  # >0: step/cosine schedules change only at epoch boundaries (as mmdet)
     s.OPTIMIZER = "SGD"  # "SGD" (the paper's, with SOLVER.MOMENTUM) or "AdamW" (from-scratch CPU runs)
+    s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is empty
+
 
     # ---------------------------------------------------------- evaluation
     _C.TEST.YOLACT = CN()

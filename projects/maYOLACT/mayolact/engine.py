@@ -32,6 +32,7 @@ __all__ = [
     "EpochCosineParamScheduler",
     "build_yolact_optimizer",
     "build_yolact_lr_scheduler",
+    "resolve_lr_steps",
     "Trainer",
 ]
 
@@ -150,22 +151,58 @@ def build_yolact_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer
     return maybe_add_gradient_clipping(cfg, optimizer)
 
 
+def resolve_lr_steps(cfg) -> tuple:
+    """The multi-step milestones (iterations) a run of ``cfg`` uses, with a warning where they lie
+    where they cannot be meant.
+
+    ``SOLVER.STEPS`` when it is not empty; otherwise ``SOLVER.YOLACT.RELATIVE_STEPS`` times
+    ``SOLVER.MAX_ITER`` (rounded), so that a config written that way (the quick configs) keeps its
+    schedule when only ``SOLVER.MAX_ITER`` is overridden. Steps >= ``SOLVER.MAX_ITER`` are dropped
+    with a warning (they never take effect, and fvcore rejects a step equal to it); steps that all
+    end before half of ``SOLVER.MAX_ITER`` are kept with a warning (the LR is then at its last value
+    for most of the run, the usual sign of a ``MAX_ITER`` override that left ``STEPS`` behind).
+
+    Raises:
+        ValueError: a relative step outside (0, 1).
+    """
+    max_iter = cfg.SOLVER.MAX_ITER
+    steps = tuple(int(s) for s in cfg.SOLVER.STEPS)
+    if not steps:
+        fractions = tuple(cfg.SOLVER.YOLACT.RELATIVE_STEPS)
+        bad = [f for f in fractions if not 0.0 < f < 1.0]
+        if bad:
+            raise ValueError(
+                f"SOLVER.YOLACT.RELATIVE_STEPS {fractions}: fractions of SOLVER.MAX_ITER must lie "
+                f"in (0, 1), got {bad}"
+            )
+        steps = tuple(sorted({max(1, int(round(f * max_iter))) for f in fractions}))
+    kept = tuple(s for s in steps if s < max_iter)
+    if kept != steps:
+        logger.warning(
+            "SOLVER.STEPS %s: steps >= SOLVER.MAX_ITER (%d) are ignored", steps, max_iter
+        )
+    elif kept and max(kept) < 0.5 * max_iter:
+        logger.warning(
+            "SOLVER.STEPS %s: the last LR step is at %.0f%% of SOLVER.MAX_ITER (%d); after it the "
+            "LR stays at %g for the rest of the run. Set SOLVER.STEPS (or empty it and set "
+            "SOLVER.YOLACT.RELATIVE_STEPS) to move them.",
+            kept, 100.0 * max(kept) / max_iter, max_iter,
+            cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA ** len(kept),
+        )
+    return kept
+
+
 def build_yolact_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
     """Detectron2's schedulers, except that ``WarmupCosineLR`` with ``SOLVER.YOLACT.ITERS_PER_EPOCH``
-    > 0 steps the cosine per epoch (SPEC 10). Multi-step milestones are given in iterations; the
-    shipped configs put them on epoch boundaries. Steps >= ``SOLVER.MAX_ITER`` are ignored (with a
-    warning), so short runs may override ``SOLVER.MAX_ITER`` alone."""
+    > 0 steps the cosine per epoch (as mmdet's by-epoch policy). Multi-step milestones come from
+    :func:`resolve_lr_steps`: ``SOLVER.STEPS`` in iterations (the COCO configs put them on epoch
+    boundaries) or ``SOLVER.YOLACT.RELATIVE_STEPS`` in fractions of ``SOLVER.MAX_ITER``."""
     ipe = cfg.SOLVER.YOLACT.ITERS_PER_EPOCH
     if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
-        steps = tuple(s for s in cfg.SOLVER.STEPS if s < cfg.SOLVER.MAX_ITER)
+        steps = resolve_lr_steps(cfg)
+        logger.info("LR schedule: WarmupMultiStepLR, steps %s of %d iterations",
+                    steps, cfg.SOLVER.MAX_ITER)
         if steps != tuple(cfg.SOLVER.STEPS):
-            # Detectron2 keeps a step equal to MAX_ITER, which fvcore's scheduler rejects; a step
-            # at or after the last iteration never takes effect, so it is dropped here.
-            logger.warning(
-                "SOLVER.STEPS %s: steps >= SOLVER.MAX_ITER (%d) are ignored",
-                tuple(cfg.SOLVER.STEPS),
-                cfg.SOLVER.MAX_ITER,
-            )
             cfg = cfg.clone()
             cfg.defrost()
             cfg.SOLVER.STEPS = steps
