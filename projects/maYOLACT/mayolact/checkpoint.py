@@ -9,13 +9,500 @@ its own methods:
 * saving: writes checkpoints atomically and resumes from the newest readable one.
 """
 import logging
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-__all__ = ["YOLACTCheckpointer"]
+from .conversion.torchvision import (
+    BOTTOM_UP_PREFIX,
+    TORCHVISION_PREFIX,
+    convert_torchvision_resnet,
+    is_torchvision_resnet,
+)
+
+__all__ = [
+    "CLASS_LAYERS",
+    "MMDET_PREFIXES",
+    "CheckpointError",
+    "summarize_names",
+    "StagedCheckpoint",
+    "find_checkpoints",
+    "YOLACTCheckpointer",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Tensors whose shape depends on MODEL.YOLACT.NUM_CLASSES (the classifier and the semantic head's
+#: output conv): the only ones MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS lets a checkpoint lack.
+CLASS_LAYERS = ("head.cls_score.", "semseg_head.conv.")
+#: Module prefixes of mmdetection YOLACT state dicts (``checkpoint["state_dict"]``).
+MMDET_PREFIXES = ("backbone.", "neck.", "bbox_head.", "mask_head.", "segm_head.")
+#: ``__author__`` of checkpoints converted from torchvision (by the checkpointer or
+#: ``tools/convert_weights.py``): an ImageNet backbone, everything else starts fresh.
+TORCHVISION_AUTHOR = "torchvision"
+#: ``__author__`` of checkpoints converted from mmdetection: full models.
+MMDET_AUTHOR = "mmdetection"
+
+# Private keys _load_file adds for _load_model (popped there, never saved).
+_SOURCE_KEY = "__mayolact_source__"
+_UNUSED_KEY = "__mayolact_unused__"
+# BatchNorm's step counter: absent from old torchvision files and from FrozenBatchNorm2d, unused in
+# eval and by momentum BN, so neither its absence nor its presence says anything about a file.
+_COUNTER = "num_batches_tracked"
+# The training-only semantic head: a checkpoint may have it for a model built without it.
+_TRAINING_ONLY = ("semseg_head.",)
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read, or whose tensors do not fit the model (named in the
+    message with the file)."""
+
+
+def summarize_names(names: Iterable[str]) -> str:
+    """Parameter names grouped by module, short enough for one log line.
+
+    Trailing digits become ``*`` (block and level indices), the last part (``weight``, ``bias``, ...) is
+    dropped, and groups under the same top-level module share braces, e.g.
+    ``backbone.{fpn_lateral*, bottom_up.res*.*.conv2_offset}, head.{cls_score, bbox_pred}, fc``.
+
+    Args:
+        names (Iterable[str]): dotted tensor names.
+
+    Returns:
+        str: the grouped names, in first-seen order ("" when there are none).
+    """
+    groups: Dict[str, List[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        parts = [re.sub(r"\d+$", "*", p) for p in (parts[:-1] if len(parts) > 1 else parts)]
+        rest = ".".join(parts[1:])
+        members = groups.setdefault(parts[0], [])
+        if rest not in members:
+            members.append(rest)
+    out = []
+    for root, members in groups.items():
+        members = [m for m in members if m]
+        if not members:
+            out.append(root)
+        elif len(members) == 1:
+            out.append(f"{root}.{members[0]}")
+        else:
+            out.append(f"{root}.{{{', '.join(members)}}}")
+    return ", ".join(out)
+
+
+def _describe_read_error(path: str, err: Exception) -> str:
+    """Why ``path`` could not be read as a checkpoint, in words (empty, text, corrupt, unsafe)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        return f"cannot be opened ({e})"
+    if not head:
+        return "the file is empty, not a checkpoint"
+    if not any(b < 32 and b not in b"\t\n\r\f" for b in head):
+        return "a text file, not a PyTorch checkpoint"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "weights_only" in str(err) or "Weights only load failed" in str(err):
+        return (
+            "it holds Python objects that torch.load(weights_only=True) refuses to unpickle "
+            f"({type(err).__name__}: {first})"
+        )
+    return f"corrupt or truncated, not a readable PyTorch checkpoint ({type(err).__name__}: {first})"
+
+
+def _is_mmdet_state_dict(state_dict) -> bool:
+    """Whether ``state_dict`` (a file's ``"state_dict"`` entry) has mmdetection YOLACT names."""
+    return (
+        isinstance(state_dict, Mapping)
+        and len(state_dict) > 0
+        and any(isinstance(k, str) and k.startswith(MMDET_PREFIXES[1:]) for k in state_dict)
+    )
+
+
+def _diff(
+    state: Dict[str, torch.Tensor], model_state: Dict[str, torch.Tensor]
+) -> Tuple[List[str], List[str], List[Tuple[str, tuple, tuple]]]:
+    """(missing, unexpected, (name, file shape, model shape) of shape mismatches) of ``state``
+    against ``model_state``, BatchNorm counters left out."""
+    missing = [k for k in model_state if k not in state and not k.endswith(_COUNTER)]
+    unexpected = [k for k in state if k not in model_state and not k.endswith(_COUNTER)]
+    shapes = [
+        (k, tuple(v.shape), tuple(model_state[k].shape))
+        for k, v in state.items()
+        if k in model_state and tuple(v.shape) != tuple(model_state[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def _mismatch_message(source, what, n_model, missing, unexpected, shapes, advice) -> str:
+    """One error message for a file whose tensors do not fit the model."""
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} of the model's {n_model} tensors are not in the file "
+            f"({summarize_names(missing)})"
+        )
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} tensors of the file are not in the model "
+            f"({summarize_names(unexpected)})"
+        )
+    if shapes:
+        shown = "; ".join(f"{k}: {a} in the file, {b} in the model" for k, a, b in shapes[:3])
+        more = f"; and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        parts.append(f"{len(shapes)} tensors have another shape ({shown}{more})")
+    return (
+        f"{source}: the {what} does not match the model built from the config, nothing was "
+        f"loaded: " + "; ".join(parts) + f". {advice}"
+    )
+
+
+#: Names of the checkpoints a training run writes (Detectron2's ``PeriodicCheckpointer``: the
+#: iteration in 7 digits, or "final"); only these, and the file ``last_checkpoint`` names, are resumed
+#: from, so that other weights kept in the output folder are never mistaken for a run's state.
+_RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
+#: Temporary files of :meth:`YOLACTCheckpointer.stage`: hidden, with the writer's process id.
+_PARTIAL = re.compile(r"^\.(.+)\.(\d+)\.tmp$")
+_TAG = "last_checkpoint"
+
+
+class StagedCheckpoint(NamedTuple):
+    """A checkpoint written to a temporary file, not yet under its name
+    (:meth:`YOLACTCheckpointer.stage`)."""
+
+    temporary: str  # the written file, hidden in the save folder
+    path: str  # where :meth:`YOLACTCheckpointer.publish` puts it
+
+
+def find_checkpoints(folder: str) -> List[str]:
+    """The checkpoints of a training run in ``folder``, newest first.
+
+    Those are the files named as a run names them (``model_0004999.pth``, ``model_final.pth``) and
+    the file ``last_checkpoint`` names, if it exists; newest by modification time, the tagged one
+    first among equals.
+
+    Args:
+        folder (str): a run's output folder (need not exist).
+
+    Returns:
+        list[str]: paths, newest first (empty when there is none).
+    """
+    if not os.path.isdir(folder):
+        return []
+    names = {n for n in os.listdir(folder) if _RUN_CHECKPOINT.match(n)}
+    tagged = None
+    try:
+        with open(os.path.join(folder, _TAG)) as f:
+            tagged = f.read().strip() or None
+    except OSError:
+        pass
+    if tagged and os.path.isfile(os.path.join(folder, tagged)):
+        names.add(tagged)
+    paths = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    return sorted(
+        paths, key=lambda p: (os.path.getmtime(p), os.path.basename(p) == tagged), reverse=True
+    )
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: str, write) -> None:
+    """Call ``write(binary file)`` on ``path``, then flush and fsync it; remove it on failure."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(path):
+            os.remove(path)
+        raise
+
+
+def _unreadable_reason(path: str) -> Optional[str]:
+    """Why ``path`` is not a complete ``torch.save`` file, or None when it is.
+
+    ``torch.save`` writes a zip archive whose members carry CRC-32 checksums: a file cut short
+    (a kill during a write that did not go through :meth:`YOLACTCheckpointer.save`, a full disk)
+    has no zip directory, and damaged bytes fail their checksum. Both are found by reading the file
+    once, without unpickling it.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "the file is empty"
+        if not zipfile.is_zipfile(path):
+            return "not a complete torch.save archive (truncated, or not a checkpoint)"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as e:  # any failure to read it through is a reason not to resume from it
+        return f"{type(e).__name__}: {e}"
+    return None if bad is None else f"its member {bad} fails its checksum (damaged bytes)"
 
 
 class YOLACTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for YOLACT / maYOLACT models (see the module docstring)."""
+
+    # ------------------------------------------------------------------------------------ loading
+    # Formats of MODEL.WEIGHTS, recognised by content (any file name):
+    # * Detectron2: {"model": state dict, ...} or a bare state dict in maYOLACT's names. Every
+    #   tensor must fit, except the class layers when skip_class_layers is set.
+    # * torchvision ImageNet ResNet (a bare state dict, a torchvision:// path, or a file that
+    #   tools/convert_weights.py wrote): the ResNet must fit exactly; the FPN, the heads and the DCN
+    #   offset convs start fresh.
+    # * mmdetection YOLACT ({"state_dict": ..., "meta": ...}): converted by
+    #   mayolact.conversion.mmdet, then loaded as a full model.
+
+    def __init__(self, model, save_dir: str = "", *, skip_class_layers: bool = False, **kwargs):
+        """
+        Args:
+            model (nn.Module): the model (a DDP/DP wrapper is unwrapped).
+            save_dir (str): folder of saved checkpoints.
+            skip_class_layers (bool): a full checkpoint may lack the class layers
+                (:data:`CLASS_LAYERS`) or have them for another class count; they then keep
+                their fresh initialisation (``MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS``).
+            **kwargs: ``save_to_disk`` and checkpointables, as ``DetectionCheckpointer``.
+        """
+        super().__init__(model, save_dir, **kwargs)
+        self.skip_class_layers = bool(skip_class_layers)
+
+    @classmethod
+    def from_config(cls, cfg, model, save_dir: str = "", **kwargs) -> "YOLACTCheckpointer":
+        """A checkpointer for ``model`` with the loading options of ``cfg`` (see ``__init__``)."""
+        return cls(
+            model, save_dir, skip_class_layers=cfg.MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS, **kwargs
+        )
+
+    def _load_file(self, filename: str) -> dict:
+        """Read ``filename`` and bring it to Detectron2's form ``{"model": state dict, ...}``.
+
+        Raises:
+            CheckpointError: naming the file and the problem (empty, text, corrupt, not a dict
+                of tensors, an unknown layout, a Caffe2 file, an unconvertible mmdet checkpoint).
+        """
+        if filename.endswith((".pkl", ".pyth")):
+            try:
+                loaded = super()._load_file(filename)
+            except Exception as e:
+                raise CheckpointError(f"{filename}: {_describe_read_error(filename, e)}") from e
+            if loaded.get("matching_heuristics", False):
+                raise CheckpointError(
+                    f"{filename}: a {loaded.get('__author__', 'Caffe2')} model-zoo file, whose names "
+                    "Detectron2 can only match by heuristics; maYOLACT loads exact names only. For "
+                    f"ImageNet initialisation use {TORCHVISION_PREFIX}resnet50 (torchvision-style "
+                    "ResNet: stride in the 3x3 conv, RGB input)"
+                )
+            loaded[_SOURCE_KEY] = filename
+            return loaded
+        try:
+            loaded = self._torch_load(filename)
+        except Exception as e:
+            raise CheckpointError(f"{filename}: {_describe_read_error(filename, e)}") from e
+        checkpoint = self._recognise(loaded, filename)
+        checkpoint[_SOURCE_KEY] = filename
+        return checkpoint
+
+    def _recognise(self, loaded, filename: str) -> dict:
+        """Detect the format of a loaded file and convert it (see the comment above)."""
+        if not isinstance(loaded, Mapping):
+            raise CheckpointError(
+                f"{filename}: not a checkpoint: it holds a {type(loaded).__name__}, not a dict"
+            )
+        if "model" in loaded:
+            if not isinstance(loaded["model"], Mapping):
+                raise CheckpointError(
+                    f"{filename}: 'model' is a {type(loaded['model']).__name__}, not a state dict"
+                )
+            return dict(loaded)
+        if "state_dict" in loaded:
+            if not _is_mmdet_state_dict(loaded["state_dict"]):
+                raise CheckpointError(
+                    f"{filename}: has a 'state_dict' but not an mmdetection YOLACT one (no names "
+                    f"start with {', '.join(MMDET_PREFIXES[1:])})"
+                )
+            return {"model": self._convert_mmdet(loaded["state_dict"], filename),
+                    "__author__": MMDET_AUTHOR}
+        if is_torchvision_resnet(loaded):
+            try:
+                model, unused = convert_torchvision_resnet(loaded)
+            except ValueError as e:
+                raise CheckpointError(f"{filename}: {e}") from e
+            return {"model": model, "__author__": TORCHVISION_AUTHOR, _UNUSED_KEY: unused}
+        if loaded and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in loaded.values()):
+            return {"model": dict(loaded)}  # a bare state dict, in maYOLACT's names or not
+        keys = ", ".join(str(k) for k in list(loaded)[:5])
+        raise CheckpointError(
+            f"{filename}: unrecognised checkpoint layout (top-level keys: {keys or 'none'}); "
+            "expected a Detectron2 checkpoint ('model'), an mmdetection one ('state_dict') or a "
+            "torchvision ResNet state dict"
+        )
+
+    def _convert_mmdet(self, state_dict, filename: str) -> Dict[str, torch.Tensor]:
+        """mmdetection names -> maYOLACT names, by ``mayolact.conversion.mmdet`` (imported here, so
+        that the other formats load without it)."""
+        try:
+            from .conversion.mmdet import convert_mmdet_checkpoint
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.conversion.mmdet":
+                raise
+            raise CheckpointError(
+                f"{filename}: an mmdetection checkpoint, but this installation has no "
+                f"{__package__}.conversion.mmdet to convert it"
+            ) from e
+        try:
+            return dict(convert_mmdet_checkpoint(dict(state_dict), self.model))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{filename}: mmdetection checkpoint: {e}") from e
+
+    def _load_model(self, checkpoint: dict) -> _IncompatibleKeys:
+        """Check every tensor against the model, then load; a file that does not fit raises
+        before anything is loaded (no silent partial load).
+
+        Returns:
+            _IncompatibleKeys: ``missing_keys`` what starts fresh, ``unexpected_keys`` what the
+            file has that the model does not use; no ``incorrect_shapes`` (those raise or, for
+            skipped class layers, count as fresh).
+
+        Raises:
+            CheckpointError: the file's tensors do not fit the model (see the module docstring).
+        """
+        source = checkpoint.pop(_SOURCE_KEY, "the checkpoint")
+        unused = list(checkpoint.pop(_UNUSED_KEY, []))
+        state = checkpoint["model"]
+        try:
+            self._convert_ndarray_to_tensor(state)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: {e}") from e
+        _strip_prefix_if_present(state, "module.")
+        model_state = self.model.state_dict()
+        if checkpoint.get("__author__") == TORCHVISION_AUTHOR:
+            state, fresh = self._check_imagenet_backbone(state, model_state, source)
+            what = "torchvision ImageNet ResNet"
+        else:
+            state, fresh, extra_unused = self._check_full_model(state, model_state, source)
+            unused += extra_unused
+            what = checkpoint.get("__author__") or "checkpoint"
+        checkpoint["model"] = state
+        super()._load_model(checkpoint)
+        self.logger.info("Loaded %d tensors from %s (%s)", len(state), source, what)
+        return _IncompatibleKeys(missing_keys=fresh, unexpected_keys=unused, incorrect_shapes=[])
+
+    def _bottom_up_prefix(self, model_state, source: str) -> str:
+        """Module path of the model's (only) Detectron2 ResNet, e.g. "backbone.bottom_up."."""
+        stem = "stem.conv1.weight"
+        prefixes = [
+            k[: -len(stem)] for k in model_state if k == stem or k.endswith("." + stem)
+        ]
+        if len(prefixes) != 1:
+            raise CheckpointError(
+                f"{source}: ImageNet ResNet weights need a model with one Detectron2 ResNet "
+                f"(a 'stem.conv1'); this {type(self.model).__name__} has {len(prefixes)}"
+            )
+        return prefixes[0]
+
+    def _check_imagenet_backbone(self, state, model_state, source: str):
+        """Rules of an ImageNet backbone: the ResNet must fit exactly (DCN offset convs aside).
+
+        Returns:
+            tuple: (state dict in the model's names, names that start fresh).
+        """
+        prefix = self._bottom_up_prefix(model_state, source)
+        foreign = [k for k in state if not k.startswith(BOTTOM_UP_PREFIX)]
+        if foreign:
+            raise CheckpointError(
+                f"{source}: a torchvision-converted file with names outside the ResNet "
+                f"({summarize_names(foreign)})"
+            )
+        state = {prefix + k[len(BOTTOM_UP_PREFIX):]: v for k, v in state.items()}
+        for name, block in self.model.named_modules():
+            if isinstance(block, BottleneckBlock) and tuple(block.conv1.stride) != (1, 1):
+                raise CheckpointError(
+                    f"{source}: torchvision ResNets stride in the 3x3 conv, but {name}.conv1 has "
+                    f"stride {tuple(block.conv1.stride)}: set MODEL.RESNETS.STRIDE_IN_1X1 False"
+                )
+        backbone = {k: v for k, v in model_state.items() if k.startswith(prefix)}
+        missing, unexpected, shapes = _diff(state, backbone)
+        # DCNv2 offset/modulation convs have no ImageNet counterpart: zero-initialised, as the
+        # official models start.
+        missing = [k for k in missing if ".conv2_offset." not in k]
+        if missing or unexpected or shapes:
+            raise CheckpointError(_mismatch_message(
+                source, "torchvision ImageNet ResNet", len(backbone), missing, unexpected, shapes,
+                "Check MODEL.RESNETS.DEPTH (the file's ResNet), NUM_GROUPS, WIDTH_PER_GROUP and "
+                "MODEL.YOLACT.RESNET_WIDTH_SCALE (1.0 for ImageNet weights)."))
+        state = {k: v for k, v in state.items() if k in model_state}
+        fresh = [k for k in model_state if k not in state and not k.endswith(_COUNTER)]
+        return state, fresh
+
+    def _check_full_model(self, state, model_state, source: str):
+        """Rules of a full checkpoint: every tensor fits, except skipped class layers.
+
+        Returns:
+            tuple: (state dict to load, names that start fresh, names of the file left unused).
+        """
+        missing, unexpected, shapes = _diff(state, model_state)
+        has_training_only = any(k.startswith(_TRAINING_ONLY) for k in model_state)
+        unused = [] if has_training_only else [k for k in unexpected if k.startswith(_TRAINING_ONLY)]
+        unexpected = [k for k in unexpected if k not in unused]
+        skipped = []
+        if self.skip_class_layers:
+            skipped = [k for k in missing if k.startswith(CLASS_LAYERS)]
+            skipped += [k for k, _, _ in shapes if k.startswith(CLASS_LAYERS)]
+            missing = [k for k in missing if not k.startswith(CLASS_LAYERS)]
+            shapes = [s for s in shapes if not s[0].startswith(CLASS_LAYERS)]
+        if missing or unexpected or shapes:
+            bad = missing + [k for k, _, _ in shapes]
+            if not unexpected and all(k.startswith(CLASS_LAYERS) for k in bad):
+                advice = (
+                    "Only the class layers differ: to fine-tune with another class count, set "
+                    "MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS True (they then start fresh)."
+                )
+            elif state and all(k.startswith(BOTTOM_UP_PREFIX) for k in state):
+                advice = (
+                    "The file holds a backbone only; for ImageNet initialisation use "
+                    f"{TORCHVISION_PREFIX}resnet50, a torchvision ResNet state dict or a file of "
+                    "tools/convert_weights.py torchvision."
+                )
+            else:
+                advice = "The file was written for another architecture or config."
+            raise CheckpointError(_mismatch_message(
+                source, "checkpoint", len(model_state), missing, unexpected, shapes, advice))
+        state = {k: v for k, v in state.items() if k in model_state and k not in skipped}
+        return state, skipped, unused
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        """One line for what the file had that the model does not use, one for what starts fresh
+        (names grouped by module, :func:`summarize_names`)."""
+        if incompatible.unexpected_keys:
+            self.logger.info(
+                "Unused from the checkpoint (%d tensors): %s",
+                len(incompatible.unexpected_keys),
+                summarize_names(incompatible.unexpected_keys),
+            )
+        if incompatible.missing_keys:
+            self.logger.info(
+                "Initialised fresh, not from the checkpoint (%d tensors): %s",
+                len(incompatible.missing_keys),
+                summarize_names(incompatible.missing_keys),
+            )
