@@ -209,9 +209,16 @@ def find_checkpoints(folder: str) -> List[str]:
     if tagged and os.path.isfile(os.path.join(folder, tagged)):
         names.add(tagged)
     paths = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
-    return sorted(
-        paths, key=lambda p: (os.path.getmtime(p), os.path.basename(p) == tagged), reverse=True
-    )
+
+    def newness(path):
+        # Modification time first (a resumed run writes lower iterations after model_final); the
+        # tag, then the iteration in the name, break ties of a coarse file-system clock.
+        name = os.path.basename(path)
+        match = _RUN_CHECKPOINT.match(name)
+        number = -1 if not match else float("inf") if match.group(1) == "final" else int(match.group(1))
+        return os.path.getmtime(path), name == tagged, number
+
+    return sorted(paths, key=newness, reverse=True)
 
 
 def _fsync_folder(folder: str) -> None:
@@ -506,3 +513,142 @@ class YOLACTCheckpointer(DetectionCheckpointer):
                 len(incompatible.missing_keys),
                 summarize_names(incompatible.missing_keys),
             )
+
+    # ---------------------------------------------------------------------- saving and resuming
+    # A checkpoint is written to a hidden temporary file in the save folder (flushed and fsync'ed)
+    # and renamed over its final name (os.replace: atomic on POSIX and Windows); `last_checkpoint`
+    # names it only after the rename and is itself replaced the same way. A kill at any moment
+    # leaves the previous checkpoint and tag whole, and at worst a temporary file that resuming
+    # ignores. Paths that are not local files (PathManager URIs) are saved by Detectron2 as before.
+
+    def _saves_locally(self) -> bool:
+        return bool(self.save_dir) and "://" not in str(self.save_dir)
+
+    def stage(self, name: str, **kwargs) -> Optional[StagedCheckpoint]:
+        """Write the model, the checkpointables and ``kwargs`` to a temporary file in the save
+        folder; :meth:`publish` then gives it its name, :meth:`discard` drops it.
+
+        Args:
+            name (str): the checkpoint's name, without ``.pth``.
+            **kwargs: extra data to save (e.g. ``iteration``), as ``Checkpointer.save``.
+
+        Returns:
+            StagedCheckpoint, or None where this process does not save (not the main process, or
+            no save folder).
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return None
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        if os.path.basename(path) != basename:
+            raise ValueError(f"checkpoint name {name!r} must not contain a folder")
+        os.makedirs(self.save_dir, exist_ok=True)
+        temporary = os.path.join(self.save_dir, f".{basename}.{os.getpid()}.tmp")
+        _write_durably(temporary, lambda f: torch.save(data, f))
+        return StagedCheckpoint(temporary, path)
+
+    def publish(self, staged: StagedCheckpoint) -> str:
+        """Rename a staged checkpoint to its name, then tag it in ``last_checkpoint``.
+
+        Returns:
+            str: the checkpoint's path.
+        """
+        os.replace(staged.temporary, staged.path)
+        _fsync_folder(os.path.dirname(staged.path))
+        self.tag_last_checkpoint(os.path.basename(staged.path))
+        self.logger.info("Saved checkpoint %s", staged.path)
+        return staged.path
+
+    def discard(self, staged: StagedCheckpoint) -> None:
+        """Remove a staged checkpoint (it never gets its name)."""
+        if os.path.exists(staged.temporary):
+            os.remove(staged.temporary)
+
+    def save(self, name: str, **kwargs) -> None:
+        """``Checkpointer.save``, atomically for a local folder (see the comment above)."""
+        if not self._saves_locally():
+            super().save(name, **kwargs)
+            return
+        staged = self.stage(name, **kwargs)
+        if staged is not None:
+            self.publish(staged)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Write ``last_checkpoint`` through a temporary file and a rename."""
+        if not self._saves_locally():
+            super().tag_last_checkpoint(last_filename_basename)
+            return
+        path = os.path.join(self.save_dir, _TAG)
+        temporary = os.path.join(self.save_dir, f".{_TAG}.{os.getpid()}.tmp")
+        _write_durably(temporary, lambda f: f.write(last_filename_basename.encode()))
+        os.replace(temporary, path)
+        _fsync_folder(self.save_dir)
+
+    def remove_partial_saves(self) -> List[str]:
+        """Delete the temporary files that killed processes left in the save folder (those of
+        this process are kept).
+
+        Returns:
+            list[str]: the removed paths.
+        """
+        if not self._saves_locally() or not self.save_to_disk or not os.path.isdir(self.save_dir):
+            return []
+        removed = []
+        for name in os.listdir(self.save_dir):
+            match = _PARTIAL.match(name)
+            if match and int(match.group(2)) != os.getpid():
+                os.remove(os.path.join(self.save_dir, name))
+                removed.append(os.path.join(self.save_dir, name))
+        if removed:
+            self.logger.info("Removed %d partial checkpoint file(s) of an interrupted save: %s",
+                             len(removed), ", ".join(os.path.basename(p) for p in removed))
+        return removed
+
+    def has_checkpoint(self) -> bool:
+        """Whether the save folder holds a run's checkpoint (:func:`find_checkpoints`), tagged in
+        ``last_checkpoint`` or not (a kill between a rename and the tag leaves it untagged)."""
+        if not self._saves_locally():
+            return super().has_checkpoint()
+        return bool(find_checkpoints(self.save_dir))
+
+    def newest_readable_checkpoint(self) -> str:
+        """The newest checkpoint of the save folder that can be read through.
+
+        Newer ones that cannot (cut short, damaged) are skipped with a warning that names them
+        and the one used instead.
+
+        Raises:
+            CheckpointError: the folder holds checkpoints but none is readable.
+        """
+        skipped = []
+        for path in find_checkpoints(self.save_dir):
+            reason = _unreadable_reason(path)
+            if reason is None:
+                if skipped:
+                    self.logger.warning(
+                        "Resuming from %s, the newest readable checkpoint: %s",
+                        path, "; ".join(f"{p} is unreadable ({why})" for p, why in skipped),
+                    )
+                return path
+            skipped.append((path, reason))
+        raise CheckpointError(
+            f"{self.save_dir}: no readable checkpoint to resume from ("
+            + "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped)
+            + "). Move them away, or start afresh with SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True"
+        )
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+        """``Checkpointer.resume_or_load`` that resumes from the newest *readable* checkpoint of
+        the save folder (:meth:`newest_readable_checkpoint`), with everything it holds; without
+        one (or with ``resume=False``), loads the model alone from ``path``.
+
+        Raises:
+            CheckpointError: checkpoints exist but none is readable.
+        """
+        if resume and self._saves_locally() and self.has_checkpoint():
+            return self.load(self.newest_readable_checkpoint())
+        return super().resume_or_load(path, resume=resume)
