@@ -76,6 +76,87 @@ def test_fast_nms_matches_loop_oracle(n, num_classes, top_k, max_num):
     assert bool((got[1][:-1] >= got[1][1:]).all())
 
 
+def _fast_nms_dense_reference(boxes, scores, coeffs, iou_thr, score_thr, top_k, max_num):
+    """The former package implementation: IoUs of all top_k x top_k candidates of every class."""
+    num_classes = scores.shape[1]
+    cls_scores, idx = scores.t().sort(dim=1, descending=True, stable=True)  # (K, n)
+    idx = idx[:, :top_k]
+    cls_scores = cls_scores[:, :top_k]
+    cand_boxes = boxes[idx.reshape(-1)].view(num_classes, idx.shape[1], 4)
+    iou = batched_box_iou(cand_boxes, cand_boxes).triu_(diagonal=1)
+    keep = (iou.max(dim=1).values <= iou_thr) & (cls_scores > score_thr)
+    classes = torch.arange(num_classes)[:, None].expand_as(keep)[keep]
+    out_scores, order = cls_scores[keep].sort(dim=0, descending=True, stable=True)
+    if max_num > 0:
+        order, out_scores = order[:max_num], out_scores[:max_num]
+    return cand_boxes[keep][order], out_scores, classes[order], coeffs[idx[keep][order]]
+
+
+def _tied_candidates(n, num_classes, gen):
+    """Clustered boxes with exact duplicates and scores on a coarse grid (many exact ties).
+
+    Integer coordinates and scores in sixteenths are exact in float32 as in the loop oracle's
+    float64, so IoUs of exactly 0.5 and scores of exactly the threshold (1/16) compare alike.
+    """
+    centres = torch.randint(0, 80, (max(n // 8, 1), 2), generator=gen).float()
+    pick = torch.randint(len(centres), (n,), generator=gen)
+    xy = centres[pick] + torch.randint(0, 6, (n, 2), generator=gen).float()
+    wh = torch.randint(4, 30, (n, 2), generator=gen).float()
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    dup = torch.randint(n, (n // 4,), generator=gen)
+    boxes[torch.randint(n, (n // 4,), generator=gen)] = boxes[dup]  # exact duplicate boxes
+    scores = torch.randint(0, 10, (n, num_classes), generator=gen).float() / 16  # 0 .. 0.5625
+    scores[torch.rand(n, num_classes, generator=gen) < 0.6] = 0.0
+    return boxes, scores
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_nms_ties_and_duplicates_match_oracles(seed):
+    gen = torch.Generator().manual_seed(100 + seed)
+    n, num_classes = (60, 4) if seed % 2 else (90, 3)
+    boxes, scores = _tied_candidates(n, num_classes, gen)
+    coeffs = torch.randn(n, 3, generator=gen)
+    top_k, max_num = [(200, 100), (7, 20), (25, -1)][seed % 3]
+    got = fast_nms(boxes, scores, coeffs, 0.5, 1 / 16, top_k, max_num)
+    dense = _fast_nms_dense_reference(boxes, scores, coeffs, 0.5, 1 / 16, top_k, max_num)
+    loop = _fast_nms_oracle(boxes, scores, coeffs, 0.5, 1 / 16, top_k, max_num)
+    assert len(got[1]) > 0
+    for g, d, lo in zip(got, dense, loop):
+        assert torch.equal(g, d)  # bit for bit, order of ties included
+        assert torch.equal(g, lo.to(g.dtype))
+
+
+@pytest.mark.parametrize("n,num_classes,thr", [
+    (1000, 80, 0.05),  # the COCO case: a few hundred class scores above the threshold
+    (300, 5, 0.0),  # every class score competes: top_k truncation in every class
+    (50, 3, -1.0),  # below-zero threshold: every candidate, zero scores included
+])
+def test_fast_nms_equals_dense_implementation(n, num_classes, thr):
+    gen = torch.Generator().manual_seed(n)
+    boxes = _random_boxes(n, gen=gen)
+    logits = torch.randn(n, num_classes + 1, generator=gen) * 2
+    logits[:, -1] += 2.5  # a dominant background, as a trained model's softmax
+    scores = logits.softmax(dim=1)[:, :-1]
+    scores[:5] = 0.0
+    coeffs = torch.randn(n, 4, generator=gen)
+    for iou_thr in (0.5, 0.0, -0.1):
+        got = fast_nms(boxes, scores, coeffs, iou_thr, thr, 200, 100)
+        dense = _fast_nms_dense_reference(boxes, scores, coeffs, iou_thr, thr, 200, 100)
+        for g, d in zip(got, dense):
+            assert torch.equal(g, d)
+
+
+def test_fast_nms_nan_scores_suppress_like_the_dense_form():
+    # A NaN score ranks first in a descending sort: never kept, but it still suppresses.
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])
+    scores = torch.tensor([[0.9], [float("nan")], [0.3]])
+    got = fast_nms(boxes, scores, torch.eye(3))
+    dense = _fast_nms_dense_reference(boxes, scores, torch.eye(3), 0.5, 0.05, 200, 100)
+    for g, d in zip(got, dense):
+        assert torch.equal(g, d)
+    assert got[1].tolist() == pytest.approx([0.3])
+
+
 def test_fast_nms_suppressed_box_still_suppresses():
     # A > B > C; IoU(A,B) > .5 and IoU(B,C) > .5 but IoU(A,C) < .5: Fast NMS drops both B and C.
     boxes = torch.tensor([[0.0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10]])
