@@ -40,6 +40,7 @@ MEAN = [123.68, 116.78, 103.94]
 def make_cfg(size=S, **input_yolact):
     cfg = get_cfg()
     add_mayolact_config(cfg)
+    cfg.MODEL.YOLACT.NUM_CLASSES = 80  # no DATASETS.TRAIN to take it from
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = list(MEAN)
     cfg.MODEL.PIXEL_STD = [58.40, 57.12, 57.38]

@@ -22,7 +22,7 @@ def add_mayolact_config(cfg):
     # ---------------------------------------------------------------- model
     _C.MODEL.YOLACT = CN()
     y = _C.MODEL.YOLACT
-    y.NUM_CLASSES = 80  # foreground classes; the softmax classifier has one more (background, last)
+    y.NUM_CLASSES = 0  # foreground classes (0: those of DATASETS.TRAIN); the classifier adds background
     y.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # backbone levels the shared head runs on
     y.NUM_PROTOTYPES = 32  # k, the number of prototype masks (and of coefficients per anchor)
     y.HEAD_NUM_CONVS = 1  # shared 3x3 conv+ReLU layers before the cls / box / coefficient convs
@@ -85,6 +85,9 @@ def add_mayolact_config(cfg):
     _C.INPUT.YOLACT = CN()
     d = _C.INPUT.YOLACT
     d.SIZE = 550  # S: images are squashed to S x S (no aspect ratio kept) in training and test
+    _C.DATASETS.YOLACT = CN()
+    _C.DATASETS.YOLACT.COCO_JSON = []  # [[name, json_file, image_root], ...]: COCO sets to register
+
     d.MIN_GT_SIZE = 4.0  # training GTs need width and height > this, in original pixels
     d.PHOTOMETRIC = True  # SSD photometric distortion (brightness, contrast, saturation, hue, swap)
     d.BRIGHTNESS_DELTA = 32  # brightness shift range +-delta

@@ -31,6 +31,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
+from mayolact.data.datasets import resolve_num_classes
 from mayolact.head import YOLACTHead
 from mayolact.losses import (
     ohem_softmax_cross_entropy,
@@ -162,6 +163,10 @@ class YOLACT(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        if cfg.MODEL.YOLACT.NUM_CLASSES <= 0:  # 0: the training set's classes, for every part
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.YOLACT.NUM_CLASSES = resolve_num_classes(cfg)
         y = cfg.MODEL.YOLACT
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()

@@ -10,21 +10,43 @@
   ``$DETECTRON2_DATASETS``, default ``./datasets``; checked in this install). Set
   ``DETECTRON2_DATASETS`` to the folder that holds ``coco/`` and use those names directly.
 
-The coco_mini splits are registered as ``register_coco_instances`` would, except that the
-annotation ``id`` and ``area`` are kept in the dataset dicts (``extra_annotation_keys``): the
-mapper names a malformed annotation by its id and applies mmdet's ``area <= 0`` filter.
+- Your own COCO-format sets, named in the config (``DATASETS.YOLACT.COCO_JSON``, a list of
+  ``[name, json_file, image_root]``): :func:`register_config_datasets` registers them, so that
+  ``DATASETS.TRAIN`` / ``DATASETS.TEST`` and the tools can use the names without a line of Python.
+
+The coco_mini splits and the config's sets are registered as ``register_coco_instances`` would,
+except that the annotation ``id`` and ``area`` are kept in the dataset dicts
+(``extra_annotation_keys``): the mapper names a malformed annotation by its id and applies mmdet's
+``area <= 0`` filter.
+
+The class list of a registered COCO json is known to Detectron2 only once the dataset is loaded
+(``load_coco_json`` sets ``thing_classes``); :func:`dataset_metadata` reads it from the json's
+``categories`` before that, for drawings and for ``MODEL.YOLACT.NUM_CLASSES``, which
+:func:`resolve_num_classes` takes from the training set when it is 0.
 """
 
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import detectron2.data.datasets  # noqa: F401  (registers detectron2's builtin datasets)
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
-__all__ = ["coco_mini_root", "register_coco_with_ids", "register_coco_mini"]
+__all__ = [
+    "coco_mini_root",
+    "register_coco_with_ids",
+    "register_coco_mini",
+    "register_config_datasets",
+    "read_coco_categories",
+    "dataset_metadata",
+    "dataset_classes",
+    "resolve_num_classes",
+    "apply_dataset_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +106,175 @@ def register_coco_mini(root: Optional[Path] = None) -> list:
     if done:
         logger.debug("Registered %s from %s", done, root)
     return done
+
+
+
+# ------------------------------------------------------------------ datasets named in the config
+def register_config_datasets(cfg) -> List[str]:
+    """Register the COCO-format sets of ``DATASETS.YOLACT.COCO_JSON`` (``[name, json_file,
+    image_root]`` each) with :func:`register_coco_with_ids`.
+
+    A name registered before with the same json and image folder is left alone (so calling this in
+    every process of a run is harmless).
+
+    Returns:
+        list[str]: the names registered by this call.
+
+    Raises:
+        ValueError: naming ``DATASETS.YOLACT.COCO_JSON`` and the entry: not three strings, a json
+            file or image folder that does not exist, or a name already registered otherwise.
+    """
+    key = "DATASETS.YOLACT.COCO_JSON"
+    done = []
+    for entry in cfg.DATASETS.YOLACT.COCO_JSON:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+                and all(isinstance(v, str) and v for v in entry)):
+            raise ValueError(
+                f"{key}: each entry must be [name, json_file, image_root] (three strings), "
+                f"got {entry!r}")
+        name, json_file, image_root = entry
+        json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
+        if not os.path.isfile(json_file):
+            raise ValueError(f"{key} entry {name!r}: json file {json_file} not found")
+        if not os.path.isdir(image_root):
+            raise ValueError(f"{key} entry {name!r}: image folder {image_root} not found")
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+                continue
+            raise ValueError(
+                f"{key} entry {name!r}: a dataset of that name is already registered (json "
+                f"{meta.get('json_file')}); choose another name")
+        register_coco_with_ids(name, json_file, image_root)
+        done.append(name)
+    if done:
+        logger.info("Registered %s from %s", done, key)
+    return done
+
+
+def read_coco_categories(json_file: str) -> Tuple[List[str], Dict[int, int]]:
+    """The class names and id map that ``load_coco_json`` derives from a COCO json's
+    ``categories`` (names in the order of the sorted category ids; id -> contiguous index).
+
+    Raises:
+        ValueError: naming the file: unreadable json, or no valid ``categories`` list (each a
+            dict with an integer ``id`` and a string ``name``, ids unique).
+    """
+    try:
+        with open(json_file) as f:
+            categories = json.load(f).get("categories")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{json_file}: cannot read a COCO json object: {e}") from e
+    if not isinstance(categories, list) or not categories:
+        raise ValueError(f"{json_file}: 'categories' must be a non-empty list")
+    for i, c in enumerate(categories):
+        if not (isinstance(c, dict) and isinstance(c.get("id"), int)
+                and isinstance(c.get("name"), str)):
+            raise ValueError(
+                f"{json_file}: categories[{i}] needs an integer 'id' and a string 'name', got {c!r}")
+    ids = sorted({c["id"] for c in categories})
+    if len(ids) != len(categories):
+        raise ValueError(f"{json_file}: 'categories' repeats an id")
+    names = {c["id"]: c["name"] for c in categories}
+    return [names[i] for i in ids], {cid: k for k, cid in enumerate(ids)}
+
+
+def dataset_metadata(name: str):
+    """``MetadataCatalog.get(name)`` with ``thing_classes`` filled in from the COCO json's
+    ``categories`` when the dataset has not been loaded yet (Detectron2 sets them only on load).
+
+    Raises:
+        KeyError: ``name`` is not registered (the message lists the registered names).
+    """
+    if name not in DatasetCatalog.list():
+        raise KeyError(
+            f"dataset {name!r} is not registered; registered: {', '.join(DatasetCatalog.list())}")
+    meta = MetadataCatalog.get(name)
+    json_file = meta.get("json_file") if "thing_classes" not in meta.as_dict() else None
+    if json_file:
+        classes, id_map = read_coco_categories(json_file)
+        # The values load_coco_json sets later, so Metadata's consistency check passes.
+        meta.set(thing_classes=classes, thing_dataset_id_to_contiguous_id=id_map)
+    return meta
+
+
+def dataset_classes(name: str) -> Optional[List[str]]:
+    """The class names of a registered dataset, or None when its metadata has none and it is not
+    a COCO json (see :func:`dataset_metadata`)."""
+    classes = dataset_metadata(name).get("thing_classes")
+    return list(classes) if classes is not None else None
+
+
+def resolve_num_classes(cfg) -> int:
+    """``MODEL.YOLACT.NUM_CLASSES``, or when it is 0, the number of classes of the first training
+    set (the first test set when there is no training set).
+
+    Raises:
+        ValueError: a negative value, or 0 with no dataset that has a class list.
+    """
+    n = cfg.MODEL.YOLACT.NUM_CLASSES
+    if n > 0:
+        return n
+    if n < 0:
+        raise ValueError(
+            f"MODEL.YOLACT.NUM_CLASSES must be >= 1, or 0 for the training set's, got {n}")
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    hint = "set MODEL.YOLACT.NUM_CLASSES to the number of foreground classes"
+    if not names:
+        raise ValueError(
+            f"MODEL.YOLACT.NUM_CLASSES is 0 (take it from DATASETS.TRAIN) but DATASETS.TRAIN and "
+            f"DATASETS.TEST are empty: {hint}")
+    try:
+        classes = dataset_classes(names[0])
+    except KeyError as e:
+        raise ValueError(
+            f"MODEL.YOLACT.NUM_CLASSES is 0 (take it from DATASETS.TRAIN) but {e.args[0]}; "
+            f"register it (DATASETS.YOLACT.COCO_JSON) or {hint}") from None
+    if not classes:
+        raise ValueError(
+            f"MODEL.YOLACT.NUM_CLASSES is 0 (take it from DATASETS.TRAIN) but dataset "
+            f"{names[0]!r} has no class list (metadata thing_classes or a COCO json_file): {hint}")
+    return len(classes)
+
+
+#: Detectron2's class-count keys of other meta-architectures; YOLACT reads MODEL.YOLACT.NUM_CLASSES.
+_FOREIGN_NUM_CLASSES_KEYS = ("ROI_HEADS", "RETINANET")
+
+
+def apply_dataset_config(cfg):
+    """Make a loaded config's datasets and class count concrete, in place (before ``freeze``).
+
+    1. registers ``DATASETS.YOLACT.COCO_JSON`` (:func:`register_config_datasets`);
+    2. ``MODEL.ROI_HEADS.NUM_CLASSES`` or ``MODEL.RETINANET.NUM_CLASSES`` changed from Detectron2's
+       default (the habit from R-CNN configs) while it differs from the YOLACT key: an error that
+       names the right key;
+    3. ``MODEL.YOLACT.NUM_CLASSES`` 0 becomes the training set's class count
+       (:func:`resolve_num_classes`), when that set is registered; otherwise it stays 0 and the
+       model, when built, says what is missing. (A value that disagrees with the datasets is
+       found by :func:`mayolact.checks.check_num_classes`.)
+
+    Returns:
+        cfg.
+
+    Raises:
+        ValueError: as :func:`register_config_datasets`, and for step 2.
+    """
+    register_config_datasets(cfg)
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    if cfg.MODEL.YOLACT.NUM_CLASSES == 0 and names and names[0] in DatasetCatalog.list():
+        cfg.MODEL.YOLACT.NUM_CLASSES = resolve_num_classes(cfg)
+        logger.info("MODEL.YOLACT.NUM_CLASSES: %d, from %s", cfg.MODEL.YOLACT.NUM_CLASSES, names[0])
+    if cfg.MODEL.META_ARCHITECTURE == "YOLACT":
+        d2_default = get_cfg().MODEL
+        for node in _FOREIGN_NUM_CLASSES_KEYS:
+            value = cfg.MODEL[node].NUM_CLASSES
+            if value == d2_default[node].NUM_CLASSES or value == cfg.MODEL.YOLACT.NUM_CLASSES:
+                continue
+            raise ValueError(
+                f"MODEL.{node}.NUM_CLASSES is {value}, but YOLACT does not read it (it is "
+                f"Detectron2's key for other models): set MODEL.YOLACT.NUM_CLASSES {value} instead "
+                f"(or leave MODEL.YOLACT.NUM_CLASSES at 0 to take it from DATASETS.TRAIN)")
+    return cfg
 
 
 register_coco_mini()

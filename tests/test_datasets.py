@@ -1,0 +1,142 @@
+"""Own COCO-format datasets named in the config, class lists before loading, NUM_CLASSES from data."""
+import json
+import uuid
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from mayolact.config import add_mayolact_config
+from mayolact.data.datasets import (
+    apply_dataset_config,
+    dataset_classes,
+    dataset_metadata,
+    read_coco_categories,
+    register_config_datasets,
+    resolve_num_classes,
+)
+
+# Unsorted, non-contiguous ids, as exported by labelling tools: Detectron2 orders classes by id.
+CATEGORIES = [{"id": 9, "name": "thin"}, {"id": 3, "name": "solid"}, {"id": 5, "name": "hollow"}]
+
+
+def write_coco(folder, categories=CATEGORIES):
+    """A one-image COCO json (the image itself is not needed to register or read classes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 32, "width": 32}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": categories[0]["id"], "iscrowd": 0,
+                         "bbox": [2.0, 2.0, 10.0, 10.0], "area": 100.0,
+                         "segmentation": [[2.0, 2.0, 12.0, 2.0, 12.0, 12.0, 2.0, 12.0]]}],
+        "categories": categories,
+    }
+    path = folder / "ann.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def cfg_with(entries=(), train=(), test=(), num_classes=0):
+    cfg = get_cfg()
+    add_mayolact_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "YOLACT"
+    cfg.DATASETS.YOLACT.COCO_JSON = [list(e) for e in entries]
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = tuple(train), tuple(test)
+    cfg.MODEL.YOLACT.NUM_CLASSES = num_classes
+    return cfg
+
+
+def fresh(prefix="own"):
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def test_register_from_config_and_classes_before_loading(tmp_path):
+    json_file = write_coco(tmp_path)
+    name = fresh()
+    cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name])
+    assert register_config_datasets(cfg) == [name]
+    assert register_config_datasets(cfg) == []  # same entry again: left alone
+    meta = MetadataCatalog.get(name)
+    assert meta.json_file == str(json_file) and meta.evaluator_type == "coco"
+    assert "thing_classes" not in meta.as_dict()  # Detectron2 sets them only when loading
+    assert dataset_classes(name) == ["solid", "hollow", "thin"]
+    # Loading agrees with what was filled in (Metadata refuses a different value).
+    dicts = DatasetCatalog.get(name)
+    assert dicts[0]["annotations"][0]["category_id"] == 2  # id 9 -> "thin", the third class
+    assert dataset_metadata(name).thing_dataset_id_to_contiguous_id == {3: 0, 5: 1, 9: 2}
+
+
+def test_num_classes_zero_is_taken_from_the_training_set(tmp_path):
+    json_file = write_coco(tmp_path)
+    name = fresh()
+    cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name])
+    assert apply_dataset_config(cfg).MODEL.YOLACT.NUM_CLASSES == 3
+    # An explicit value is kept (mayolact.checks compares it with the datasets).
+    cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name], num_classes=5)
+    assert apply_dataset_config(cfg).MODEL.YOLACT.NUM_CLASSES == 5
+    # No training set: the first test set.
+    cfg = cfg_with(test=[name])
+    assert resolve_num_classes(cfg) == 3
+
+
+def test_num_classes_zero_without_data_says_what_to_set(tmp_path):
+    with pytest.raises(ValueError, match="DATASETS.TRAIN and DATASETS.TEST are empty"):
+        resolve_num_classes(cfg_with())
+    missing = fresh("missing")
+    with pytest.raises(ValueError, match=f"'{missing}' is not registered"):
+        resolve_num_classes(cfg_with(train=[missing]))
+    # Loading a config whose data is absent keeps 0; the model build reports it.
+    assert apply_dataset_config(cfg_with(train=[missing])).MODEL.YOLACT.NUM_CLASSES == 0
+    with pytest.raises(ValueError, match=">= 1, or 0"):
+        resolve_num_classes(cfg_with(num_classes=-2))
+
+
+def test_detectron2_num_classes_key_gets_a_hint(tmp_path):
+    json_file = write_coco(tmp_path)
+    name = fresh()
+    for node in ("ROI_HEADS", "RETINANET"):
+        cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name], num_classes=80)
+        cfg.MODEL[node].NUM_CLASSES = 3
+        with pytest.raises(ValueError, match=f"MODEL.{node}.NUM_CLASSES is 3.*"
+                                             "set MODEL.YOLACT.NUM_CLASSES 3 instead"):
+            apply_dataset_config(cfg)
+    # The habit is harmless when it agrees with the class count taken from the data.
+    cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name])
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    assert apply_dataset_config(cfg).MODEL.YOLACT.NUM_CLASSES == 3
+
+
+def test_bad_entries_name_the_key_and_entry(tmp_path):
+    json_file = write_coco(tmp_path)
+    cases = [
+        ([["only_two", str(json_file)]], "three strings"),
+        ([[fresh(), str(tmp_path / "nope.json"), str(tmp_path)]], "nope.json not found"),
+        ([[fresh(), str(json_file), str(tmp_path / "no_images")]], "no_images not found"),
+        # A builtin name with another json.
+        ([["coco_2017_val", str(json_file), str(tmp_path)]], "already registered"),
+    ]
+    for entries, message in cases:
+        with pytest.raises(ValueError, match="DATASETS.YOLACT.COCO_JSON") as exc:
+            register_config_datasets(cfg_with(entries))
+        assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "cannot read"),
+    (json.dumps({"images": []}), "'categories' must be a non-empty list"),
+    (json.dumps({"categories": [{"id": "1", "name": "a"}]}), "categories[0] needs an integer 'id'"),
+    (json.dumps({"categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}), "repeats an id"),
+])
+def test_bad_categories_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as exc:
+        read_coco_categories(str(path))
+    assert str(path) in str(exc.value) and message in str(exc.value)
+
+
+def test_builtin_metadata_is_used_as_is():
+    # COCO's builtin names carry their classes without any json being read.
+    assert len(dataset_classes("coco_2017_val")) == 80
+    assert resolve_num_classes(cfg_with(train=["coco_2017_train"])) == 80
+    with pytest.raises(KeyError, match="not registered"):
+        dataset_metadata(fresh("missing"))
