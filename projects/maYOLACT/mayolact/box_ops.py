@@ -12,7 +12,7 @@ take (N, 4) and (M, 4) boxes (``Boxes`` or tensors), check them and return (N, M
 
 All boxes are XYXY (x1, y1, x2, y2) in pixels.
 """
-from typing import Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ __all__ = [
     "pairwise_giou",
     "pairwise_diou",
     "batched_box_iou",
-    "pairwise_iou_numpy",
+    "box_iou_numpy",
 ]
 
 EPS = 1e-6  # lower bound of unions, enclosing areas and diagonals (mmdet's eps)
@@ -88,7 +88,8 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
-def box_inter_union(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def box_inter_union(boxes1: torch.Tensor,
+                    boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Intersection area and eps-clamped union of broadcastable (..., 4) boxes.
 
     Returns:
@@ -198,26 +199,25 @@ def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return paired_iou(boxes1[..., :, None, :], boxes2[..., None, :, :])
 
 
-def pairwise_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """Detectron2's ``pairwise_iou`` convention on float64 numpy boxes, for the data loader.
+def box_iou_numpy(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of N boxes, in Detectron2's ``pairwise_iou`` convention, in numpy.
 
-    ``inter / (|A| + |B| - inter)`` where the intersection is positive, 0 elsewhere. The SSD crop
-    evaluates it about a hundred times per image on a handful of boxes, where numpy's per-call
-    cost is a fraction of torch's, and float64 keeps its comparisons with the IoU thresholds exact.
+    ``inter / (|box| + |boxes[i]| - inter)`` where the intersection is positive, 0 elsewhere.
+    For the data loader: the SSD crop evaluates it about a hundred times per image on a handful
+    of float64 boxes, where numpy's per-call cost is a fraction of torch's, and float64 keeps its
+    comparisons with the IoU thresholds exact.
 
     Args:
-        boxes1 (ndarray): (N, 4) XYXY boxes.
-        boxes2 (ndarray): (M, 4) XYXY boxes.
+        box: (x1, y1, x2, y2), e.g. Python ints.
+        boxes (ndarray): float64 (N, 4) XYXY boxes.
 
     Returns:
-        ndarray: float64 (N, M).
+        ndarray: float64 (N,).
     """
-    b1 = np.asarray(boxes1, dtype=np.float64)[:, None, :]
-    b2 = np.asarray(boxes2, dtype=np.float64)[None, :, :]
-    iw = np.clip(np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0]), 0, None)
-    ih = np.clip(np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1]), 0, None)
-    inter = iw * ih
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    union = area1 + area2 - inter
+    x1, y1, x2, y2 = box
+    iw = np.minimum(boxes[:, 2], x2) - np.maximum(boxes[:, 0], x1)
+    ih = np.minimum(boxes[:, 3], y2) - np.maximum(boxes[:, 1], y1)
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + (x2 - x1) * (y2 - y1) - inter
     return np.where(inter > 0, inter / np.where(inter > 0, union, 1.0), 0.0)

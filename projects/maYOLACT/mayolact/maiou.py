@@ -82,7 +82,8 @@ def check_integral_masks(integral_masks: IntegralLike, num_gt: int, device: torc
     return ii
 
 
-def check_gt_masks(masks, num_gt: int, device: torch.device, name: str = "gt_masks") -> torch.Tensor:
+def check_gt_masks(masks, num_gt: int, device: torch.device,
+                   name: str = "gt_masks") -> torch.Tensor:
     """(G, H, W) bool masks from a tensor or ``BitMasks``, checked.
 
     Args:
