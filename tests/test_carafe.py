@@ -10,30 +10,7 @@ from detectron2.config import get_cfg
 
 from mayolact.backbone.carafe import CARAFEUpsample, carafe
 from mayolact.config import add_mayolact_config
-
-
-def carafe_loop(x, m, k, g, s):
-    """Literal transcription of ``carafe_naive_cuda_kernel``: out[n, c, ph, pw] = sum over (dy, dx)
-    of x[n, c, ph // s + dy, pw // s + dx] * m[n, group, (dy + r) * k + (dx + r), ph, pw]."""
-    n_, c_, h, w = x.shape
-    m = m.reshape(n_, g, k * k, s * h, s * w)
-    r = (k - 1) // 2
-    out = torch.zeros(n_, c_, s * h, s * w, dtype=torch.float64)
-    for n in range(n_):
-        for c in range(c_):
-            grp = c // (c_ // g)
-            for ph in range(s * h):
-                for pw in range(s * w):
-                    acc = 0.0
-                    for dy in range(-r, r + 1):
-                        for dx in range(-r, r + 1):
-                            iy, ix = ph // s + dy, pw // s + dx
-                            if 0 <= iy < h and 0 <= ix < w:
-                                acc += float(x[n, c, iy, ix]) * float(
-                                    m[n, grp, (dy + r) * k + (dx + r), ph, pw]
-                                )
-                    out[n, c, ph, pw] = acc
-    return out
+from mmcv_reference import carafe_loop
 
 
 def _random_kernels(n, g, k, sh, sw, seed=0):
