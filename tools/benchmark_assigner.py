@@ -19,7 +19,8 @@ to ATSS w. IoU. It also checks that all maIoU variants give the same assignment.
 ``--train-iteration`` times whole training iterations instead (the paper's Table 3 column
 "training time per iteration"): the model of ``--config-file`` (default the quick ATSS-maIoU
 config: slim R-50 at quarter width, 64-channel FPN and protonet; any other config and ``opts``
-overrides work) is built once per assigner, switched by config overrides:
+overrides work) is built once per assigner, switched by the assigner rows of
+``configs/rows/assigners.yaml`` (``configs/rows/benchmark_assigner.yaml`` names the rows timed):
 
 * fixed IoU thresholds with YOLACT's anchors (3 per location, sides 24..384, offset 0.5, as
   ``configs/quick_schedules/yolact_R_50_FPN_quick_fixediou.yaml``),
@@ -57,10 +58,10 @@ warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
-from mayolact.anchor_generator import YOLACTAnchorGenerator  # noqa: E402
+from mayolact.anchor_generator import anchors_for_input  # noqa: E402
+from mayolact.config import load_config, load_rows, merge_config_row  # noqa: E402
 from mayolact.matchers import ATSSMatcher, FixedIoUMatcher  # noqa: E402
 from mayolact.structures import integral_images  # noqa: E402
 
@@ -68,39 +69,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN_CONFIG = (REPO / "configs" / "quick_schedules"
                         / "yolact_R_50_FPN_quick_atss_maiou.yaml")
 
-# --train-iteration rows: name, config overrides, the paper's Table 3 seconds per iteration.
-TRAIN_ROWS = {
-    "fixed": ("Fixed IoU thr. (YOLACT anchors)", [
-        "MODEL.YOLACT.MATCHER", "FixedIoU",
-        "MODEL.ANCHOR_GENERATOR.NAME", "YOLACTAnchorGenerator",
-        "MODEL.ANCHOR_GENERATOR.SIZES", "[[24], [48], [96], [192], [384]]",
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
-        "MODEL.ANCHOR_GENERATOR.OFFSET", "0.5",
-        "MODEL.YOLACT.MASK_LOSS_WEIGHT", "6.125",
-    ], 0.51),
-    "atss_iou": ("ATSS w. IoU", [
-        "MODEL.YOLACT.MATCHER", "ATSS", "MODEL.YOLACT.ATSS_QUALITY", "iou",
-        "MODEL.YOLACT.MAIOU_BRUTEFORCE", "False"], 0.57),
-    "atss_maiou": ("ATSS w. maIoU (Alg. 1)", [
-        "MODEL.YOLACT.MATCHER", "ATSS", "MODEL.YOLACT.ATSS_QUALITY", "maiou",
-        "MODEL.YOLACT.MAIOU_BRUTEFORCE", "False"], 0.59),
-    "atss_maiou_bf": ("ATSS w. maIoU, brute force (without Alg. 1)", [
-        "MODEL.YOLACT.MATCHER", "ATSS", "MODEL.YOLACT.ATSS_QUALITY", "maiou",
-        "MODEL.YOLACT.MAIOU_BRUTEFORCE", "True"], 41.89),
-}
-
-
-def feature_sizes(size):
-    """P3..P7 sizes of a size x size input through ResNet + P6/P7 (SPEC 3)."""
-    def conv(n, k=3, s=2, p=1):
-        return (n + 2 * p - k) // s + 1
-
-    n = conv(conv(size, 7, 2, 3))  # conv1, maxpool -> C2
-    out = []
-    for _ in range(5):  # C3, C4, C5, P6, P7: one stride-2 3x3 each
-        n = conv(n)
-        out.append(n)
-    return out
+ROWS_DIR = REPO / "configs" / "rows"
+# --train-iteration rows (label, assigner row, the paper's Table 3 seconds per iteration) are data.
+TRAIN_ROWS = load_rows(str(ROWS_DIR / "benchmark_assigner.yaml"))
+ASSIGNER_ROWS = str(ROWS_DIR / "assigners.yaml")
+# The matcher-cost mode takes its anchors from Base-YOLACT.yaml (ATSS) and its fixed-IoU row.
+BASE_CONFIG = REPO / "configs" / "COCO-InstanceSegmentation" / "Base-YOLACT.yaml"
 
 
 def coco_root(path):
@@ -227,14 +201,10 @@ def main(argv=None):
     batch = [(b.to(device), m.to(device)) for b, m in batch]
     num_gt = sum(len(b) for b, _ in batch)
 
-    fsizes = feature_sizes(args.size)
-    feats = [torch.zeros(1, 1, n, n, device=device) for n in fsizes]
-    atss_anchors = DefaultAnchorGenerator(
-        sizes=[[32], [64], [128], [256], [512]], aspect_ratios=[[1.0]],
-        strides=[8, 16, 32, 64, 128], offset=0.0).to(device)(feats)
-    yolact_anchors = YOLACTAnchorGenerator(
-        sizes=[[24], [48], [96], [192], [384]], aspect_ratios=[[0.5, 1.0, 2.0]],
-        strides=[550 / g for g in (69, 35, 18, 9, 5)], offset=0.5).to(device)(feats)
+    atss_cfg = load_config(str(BASE_CONFIG))
+    fixed_cfg = merge_config_row(load_config(str(BASE_CONFIG)), ASSIGNER_ROWS, "fixed_iou")
+    atss_anchors = [b.to(device) for b in anchors_for_input(atss_cfg, args.size)]
+    yolact_anchors = [b.to(device) for b in anchors_for_input(fixed_cfg, args.size)]
     n_atss = sum(len(a) for a in atss_anchors)
     n_yolact = sum(len(a) for a in yolact_anchors)
 
@@ -297,13 +267,14 @@ def main(argv=None):
 
 
 # ------------------------------------------------------------------- --train-iteration
-def _load_cfg(config_file, opts):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_net import load_config  # the project's config loading (file + mayolact keys)
-
-    return load_config(str(config_file), list(opts))
+def _load_cfg(config_file, opts, assigner=None, user=()):
+    """``config_file`` with ``opts``, then an assigner row of assigners.yaml (if given), then the
+    user's overrides."""
+    cfg = load_config(str(config_file), list(opts))
+    if assigner is not None:
+        merge_config_row(cfg, ASSIGNER_ROWS, assigner)
+    cfg.merge_from_list(list(user))
+    return cfg
 
 
 def _train_batch(cfg, num_images, seed=0):
@@ -352,21 +323,21 @@ def train_iteration_benchmark(args):
     else:  # no ../shared: the built-in shapes dataset
         data = ["DATASETS.TRAIN", "('mayolact_shapes_train',)", "MODEL.YOLACT.NUM_CLASSES", "8"]
     user = list(args.opts or [])
-    cfg = _load_cfg(args.config_file, base + data + user)
+    cfg = _load_cfg(args.config_file, base + data, user=user)
     batch, source = _train_batch(cfg, args.images)
     num_gt = sum(len(x["instances"]) for x in batch)
 
     rows = []
     for key in args.rows:
-        name, overrides, paper = TRAIN_ROWS[key]
-        rcfg = _load_cfg(args.config_file, base + data + overrides + user)
+        row = TRAIN_ROWS[key]
+        name, paper = row["label"], float(row["paper_seconds_per_iter"])
+        rcfg = _load_cfg(args.config_file, base + data, assigner=row["assigner"], user=user)
         rcfg.freeze()
         torch.manual_seed(0)
         model = build_model(rcfg)
         model.train()
         optimizer = build_yolact_optimizer(rcfg, model)
-        n_anchors = sum(a * n * n for a, n in zip(model.anchor_generator.num_cell_anchors,
-                                                 feature_sizes(args.size)))
+        n_anchors = sum(len(b) for b in anchors_for_input(rcfg, args.size))
         assign = []
 
         def timed_label_anchors(*a, _f=model.label_anchors, _t=assign, **k):
@@ -409,7 +380,7 @@ def train_iteration_benchmark(args):
         row["s_iter"] = statistics.median(row["times"])
         row["s_assign"] = statistics.median(row["assign"]) if row["assign"] else float("nan")
     ref = next((row for row in rows if row["key"] == "atss_iou"), None)
-    paper_ref = TRAIN_ROWS["atss_iou"][2]
+    paper_ref = float(TRAIN_ROWS["atss_iou"]["paper_seconds_per_iter"])
 
     width = cfg.MODEL.YOLACT.RESNET_WIDTH_SCALE
     print(f"\nTraining time per iteration (Table 3): {Path(args.config_file).name} "

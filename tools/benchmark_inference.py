@@ -13,7 +13,6 @@ Example::
     python tools/benchmark_inference.py --configs configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
 """
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -29,29 +28,15 @@ from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
 import mayolact  # noqa: F401
+from mayolact.config import load_config, load_rows
 from mayolact.data.augmentation import build_yolact_test_augmentation
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_net import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CFG_DIR = REPO / "configs" / "COCO-InstanceSegmentation"
-DEFAULT_CONFIGS = [
-    ("YOLACT-550 (fixed IoU)", "yolact_R_50_FPN_550_fixediou.yaml"),
-    ("+ ATSS w. maIoU", "yolact_R_50_FPN_550_atss_maiou.yaml"),
-    ("+ CARAFE FPN", "yolact_R_50_FPN_550_atss_maiou_carafe.yaml"),
-    ("+ DCNv2", "yolact_R_50_FPN_550_atss_maiou_carafe_dcn.yaml"),
-    ("+ more anchors", "yolact_R_50_FPN_550_atss_maiou_carafe_dcn_2anchors.yaml"),
-    ("+ cosine annealing (maYOLACT-550)", "mayolact_R_50_FPN_550.yaml"),
-]
-PAPER_FPS = {  # Table 4, Tesla V100, mmdetection
-    "yolact_R_50_FPN_550_fixediou.yaml": 27,
-    "yolact_R_50_FPN_550_atss_maiou.yaml": 33,
-    "yolact_R_50_FPN_550_atss_maiou_carafe.yaml": 32,
-    "yolact_R_50_FPN_550_atss_maiou_carafe_dcn.yaml": 31,
-    "yolact_R_50_FPN_550_atss_maiou_carafe_dcn_2anchors.yaml": 30,
-    "mayolact_R_50_FPN_550.yaml": 30,
-}
+# The default rows (label, config, the paper's Table 4 fps) are data.
+ROWS = load_rows(str(REPO / "configs" / "rows" / "benchmark_inference.yaml"))
+DEFAULT_CONFIGS = [(row["label"], row["config"]) for row in ROWS.values()]
+PAPER_FPS = {row["config"]: row["paper_fps"] for row in ROWS.values()}
 
 
 def load_images(dataset, n, image_format):

@@ -19,11 +19,10 @@ import time
 import cv2
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-import mayolact.data  # noqa: F401  (registers coco_mini)
-from mayolact.config import add_mayolact_config
+import mayolact  # noqa: F401  (registers the datasets)
+from mayolact.config import load_config
 from mayolact.data.dataset_mapper import YOLACTDatasetMapper
 from mayolact.structures import integral_images
 
@@ -33,14 +32,11 @@ def pick_dataset(name):
         return name
     if "coco_mini_train" in DatasetCatalog.list():
         return "coco_mini_train"
-    import mayolact.data.shapes  # noqa: F401  (registers the shapes sets)
-
     return "mayolact_shapes_val"
 
 
 def make_mapper(size, with_ii):
-    cfg = get_cfg()
-    add_mayolact_config(cfg)
+    cfg = load_config()
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [123.68, 116.78, 103.94]
     cfg.INPUT.YOLACT.SIZE = size

@@ -10,9 +10,10 @@ shapes config), evaluates each on the test set with COCO AP (bbox and segm) and 
   APs, APm, APl and oLRP per assigner;
 * ``<output>/mask_ap.png``: a bar chart of mask AP (mean +- std).
 
-Assigner settings follow the paper: ATSS rows use one square anchor per location and mask-loss
-weight 8; the fixed-IoU row uses YOLACT's 3 anchors per location (ratios 0.5, 1, 2, sides 3x the
-level's base size, strides and centres from the input's feature-map sizes) and weight 6.125.
+The rows are data: ``configs/rows/compare_assigners.yaml`` lists them and each is an assigner row of
+``configs/rows/assigners.yaml`` merged over the base config (ATSS: the base's anchors, mask-loss
+weight 8; fixed IoU: YOLACT's 3 anchors per location with the 550 geometry at every input size, as
+every fixed-IoU config, and weight 6.125).
 
 Example::
 
@@ -20,6 +21,7 @@ Example::
 """
 import argparse
 import csv
+import io
 import logging
 import os
 import statistics
@@ -29,43 +31,30 @@ import time
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 
-import mayolact  # noqa: F401
-from mayolact.analysis import feature_sizes, save_figure
+import mayolact  # noqa: F401  (registers the model, backbones and datasets)
+from mayolact.analysis import save_figure
+from mayolact.config import ConfigError, load_config, load_rows, merge_config_row
 from mayolact.engine import Trainer
-from mayolact.evaluation import write_json_atomic
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_net import ConfigError, load_config  # noqa: E402
+from mayolact.file_io import write_json_atomic, write_text_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BASE = os.path.join(REPO, "configs", "shapes", "yolact_shapes_study.yaml")
-ASSIGNERS = ["fixed_iou", "atss_iou", "atss_giou", "atss_diou", "atss_maiou"]
+ROWS_DIR = os.path.join(REPO, "configs", "rows")
+STUDY_ROWS = os.path.join(ROWS_DIR, "compare_assigners.yaml")
+ASSIGNER_ROWS = os.path.join(ROWS_DIR, "assigners.yaml")
+ASSIGNERS = list(load_rows(STUDY_ROWS))
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 logger = logging.getLogger("mayolact.compare_assigners")
 
 
-def assigner_overrides(name: str, size: int):
-    """Config overrides that turn the base config into one Table 2 row."""
-    if name == "fixed_iou":
-        base = [8, 16, 32, 64, 128]
-        return [
-            "MODEL.YOLACT.MATCHER", "FixedIoU",
-            "MODEL.YOLACT.MASK_LOSS_WEIGHT", "6.125",
-            "MODEL.ANCHOR_GENERATOR.NAME", "YOLACTAnchorGenerator",
-            "MODEL.ANCHOR_GENERATOR.SIZES", str([[3 * b] for b in base]),
-            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
-            "MODEL.ANCHOR_GENERATOR.OFFSET", "0.5",
-            "MODEL.YOLACT.ANCHOR_REFERENCE_SIZE", str(size),
-            "MODEL.YOLACT.ANCHOR_REFERENCE_GRID", str(feature_sizes(size, range(3, 8))),
-        ]
-    if not name.startswith("atss_"):
-        raise ValueError(f"unknown assigner {name!r}; choose from {ASSIGNERS}")
-    return [
-        "MODEL.YOLACT.MATCHER", "ATSS",
-        "MODEL.YOLACT.ATSS_QUALITY", name[len("atss_"):],
-        "MODEL.YOLACT.MASK_LOSS_WEIGHT", "8.0",
-    ]
+def row_config(base_config, assigner, opts=()):
+    """The base config with ``opts``, then the assigner's row merged over them."""
+    rows = load_rows(STUDY_ROWS)
+    if assigner not in rows:
+        raise ValueError(f"unknown assigner {assigner!r}; choose from {list(rows)}")
+    cfg = load_config(base_config, list(opts))
+    return merge_config_row(cfg, ASSIGNER_ROWS, rows[assigner]["assigner"])
 
 
 class _StudyTrainer(Trainer):
@@ -76,9 +65,8 @@ class _StudyTrainer(Trainer):
 
 def run_one(base_config, assigner, seed, output, opts):
     out_dir = os.path.join(output, f"{assigner}_seed{seed}")
-    cfg = load_config(base_config, list(opts))
-    cfg.merge_from_list(assigner_overrides(assigner, cfg.INPUT.YOLACT.SIZE)
-                        + ["SEED", str(seed), "OUTPUT_DIR", out_dir])
+    cfg = row_config(base_config, assigner, opts)
+    cfg.merge_from_list(["SEED", str(seed), "OUTPUT_DIR", out_dir])
     cfg.freeze()
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
@@ -113,12 +101,11 @@ def summarise(rows):
 
 
 def write_csv(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def markdown(summary, title):
@@ -179,9 +166,7 @@ def main(argv=None):
              f"{base.SOLVER.MAX_ITER} iterations x {base.SOLVER.IMS_PER_BATCH} images, "
              f"{args.seeds} seed(s), input {base.INPUT.YOLACT.SIZE}")
     md = markdown(summary, title)
-    with open(os.path.join(args.output, "summary.md.tmp"), "w") as f:
-        f.write(md)
-    os.replace(os.path.join(args.output, "summary.md.tmp"), os.path.join(args.output, "summary.md"))
+    write_text_atomic(os.path.join(args.output, "summary.md"), md)
     bar_chart(summary, os.path.join(args.output, "mask_ap.png"))
     print(md)
     write_json_atomic(os.path.join(args.output, "summary.json"), summary, indent=1)

@@ -12,29 +12,21 @@ Examples::
         MODEL.WEIGHTS model_final.pth
 """
 import argparse
-import glob
 import logging
 import os
 import sys
 import time
 
 import cv2
-import numpy as np
 import tqdm
 
-from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.video_visualizer import VideoVisualizer
-from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import mayolact  # noqa: F401  (registers everything)
-from mayolact.predictor import YOLACTPredictor
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_net import ConfigError, load_config  # noqa: E402
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from mayolact.config import ConfigError, load_config
+from mayolact.file_io import write_image_atomic
+from mayolact.visualization import Demo, expand_inputs
 
 
 def get_parser():
@@ -51,85 +43,6 @@ def get_parser():
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs")
     return parser
-
-
-def expand_inputs(inputs):
-    """Files from paths, folders (sorted, images only) and glob patterns; errors name the input."""
-    files = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(f for f in glob.glob(os.path.join(item, "*"))
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"{item}: folder contains no images")
-            files.extend(found)
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            found = sorted(glob.glob(os.path.expanduser(item)))
-            if not found:
-                raise FileNotFoundError(f"{item}: no such file, folder or pattern")
-            files.extend(found)
-    return files
-
-
-def atomic_imwrite(path, image_bgr):
-    """Write an image through a temporary file so a crash never leaves a half-written file."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{ext}"
-    if not cv2.imwrite(tmp, image_bgr):
-        raise OSError(f"{path}: could not write the image")
-    os.replace(tmp, path)
-
-
-class Demo:
-    """Predictor + Visualizer. ``draw(image)`` takes an image in the config's INPUT.FORMAT."""
-
-    def __init__(self, cfg, metadata_name=None, confidence_threshold=0.3):
-        names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
-        self.metadata = MetadataCatalog.get(metadata_name or (names[0] if names else "__unused"))
-        self.predictor = YOLACTPredictor(cfg)
-        self.input_format = cfg.INPUT.FORMAT
-        self.threshold = confidence_threshold
-
-    def predict(self, image):
-        instances = self.predictor(image)["instances"].to("cpu")
-        return instances[instances.scores >= self.threshold]
-
-    def draw(self, image):
-        """Returns (instances, drawing as an RGB uint8 array)."""
-        instances = self.predict(image)
-        rgb = image if self.input_format == "RGB" else image[:, :, ::-1]
-        vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
-        return instances, vis.draw_instance_predictions(instances).get_image()
-
-    def run_video(self, path, output):
-        video = cv2.VideoCapture(path)
-        if not video.isOpened():
-            raise FileNotFoundError(f"{path}: cannot open the video")
-        width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        fps = video.get(cv2.CAP_PROP_FPS) or 25.0
-        frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
-        if os.path.isdir(output):
-            output = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
-        tmp = output + ".part.mp4"
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
-        try:
-            for _ in tqdm.tqdm(range(frames), desc=os.path.basename(path)):
-                ok, frame_bgr = video.read()
-                if not ok:
-                    break
-                frame = frame_bgr if self.input_format == "BGR" else frame_bgr[:, :, ::-1]
-                instances = self.predict(np.ascontiguousarray(frame))
-                drawn = visualizer.draw_instance_predictions(frame_bgr[:, :, ::-1], instances)
-                writer.write(cv2.cvtColor(drawn.get_image(), cv2.COLOR_RGB2BGR))
-        finally:
-            video.release()
-            writer.release()
-        os.replace(tmp, output)
-        return output
 
 
 def main(argv=None):
@@ -170,7 +83,7 @@ def main(argv=None):
         instances, drawing = demo.draw(image)
         logger.info("%s: %d instances in %.2fs", path, len(instances), time.perf_counter() - start)
         out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        atomic_imwrite(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
+        write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
     logger.info("wrote %d drawings to %s", len(files), args.output)
     return 0
 

@@ -24,12 +24,10 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import default_setup
 
 import mayolact  # noqa: F401
+from mayolact.config import ConfigError, load_config
 from mayolact.engine import Trainer
-from mayolact.evaluation import write_json_atomic
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from demo import Demo, atomic_imwrite  # noqa: E402
-from train_net import ConfigError, load_config  # noqa: E402
+from mayolact.file_io import write_image_atomic, write_json_atomic
+from mayolact.visualization import Demo
 
 
 class _DemoTrainer(Trainer):
@@ -88,7 +86,7 @@ def main(argv=None):
         image = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
         _, drawing = demo.draw(image)
         out = os.path.join(vis_dir, os.path.splitext(os.path.basename(d["file_name"]))[0] + ".png")
-        atomic_imwrite(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
+        write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
 
     summary = {
         "config": os.path.relpath(args.config_file, REPO),

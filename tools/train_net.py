@@ -13,44 +13,16 @@ Examples::
         MODEL.DEVICE cpu
 """
 import logging
-import os
 import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import mayolact  # noqa: F401  (registers the model, backbones and datasets)
-from mayolact import add_mayolact_config
+from mayolact.config import ConfigError, load_config
 from mayolact.engine import Trainer
-
-
-class ConfigError(ValueError):
-    """A config file or command-line override could not be applied."""
-
-
-def load_config(config_file: str, opts=()):
-    """Build a frozen-ready config: Detectron2 defaults + maYOLACT keys + file + overrides.
-
-    Raises:
-        ConfigError: naming the file (or the override) and the unknown or invalid key.
-    """
-    cfg = get_cfg()
-    add_mayolact_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise ConfigError(f"{config_file}: config file not found")
-        try:
-            cfg.merge_from_file(config_file)
-        except (KeyError, ValueError, AssertionError, TypeError) as e:
-            raise ConfigError(f"{config_file}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise ConfigError(f"command-line override {list(opts)}: {e}") from e
-    return cfg
 
 
 def setup(args):

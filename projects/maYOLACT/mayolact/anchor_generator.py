@@ -10,14 +10,20 @@ The ATSS variants use Detectron2's own ``DefaultAnchorGenerator`` (integer strid
 ``OFFSET = 0``), selected with ``MODEL.ANCHOR_GENERATOR.NAME: "DefaultAnchorGenerator"``.
 """
 import logging
-from typing import List
+import re
+from typing import List, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
+from detectron2.modeling.anchor_generator import (
+    ANCHOR_GENERATOR_REGISTRY,
+    DefaultAnchorGenerator,
+    build_anchor_generator,
+)
+from detectron2.structures import Boxes
 
-__all__ = ["YOLACTAnchorGenerator"]
+__all__ = ["YOLACTAnchorGenerator", "feature_sizes", "feature_level", "anchors_for_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +84,62 @@ class YOLACTAnchorGenerator(DefaultAnchorGenerator):
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
             anchors.append((shifts[:, None, :] + base[None, :, :]).reshape(-1, 4))
         return anchors
+
+
+def feature_sizes(size: int, levels: Sequence[int] = (3, 4, 5, 6, 7)) -> List[int]:
+    """Side of each level's feature map for an S x S input (the one formula of the repository).
+
+    Every stride-2 layer of the backbone (conv1 7/2/3, the max pool 3/2/1, the 3x3/2/1 convs of
+    res3-res5 and of P6/P7) maps a side n to ``(n - 1) // 2 + 1``, so level l (stride ``2**l``)
+    has that map applied l times: 550 gives 69, 35, 18, 9, 5 for levels 3-7 (the default
+    ``MODEL.YOLACT.ANCHOR_REFERENCE_GRID``), 400 gives 50, 25, 13, 7, 4.
+
+    Args:
+        size: S.
+        levels: pyramid levels l (``'p3'`` is level 3).
+
+    Returns:
+        list[int]: one side per level.
+    """
+    out = []
+    for level in levels:
+        n = int(size)
+        for _ in range(int(level)):
+            n = (n - 1) // 2 + 1
+        out.append(n)
+    return out
+
+
+def feature_level(name: str) -> int:
+    """The level l (stride ``2**l``) of a feature named like ``'p3'``.
+
+    Raises:
+        ValueError: naming the feature when its name does not end in its level.
+    """
+    m = re.search(r"(\d+)$", name)
+    if m is None:
+        raise ValueError(f"cannot tell the level (stride 2**l) of feature '{name}'; expected a "
+                         "name ending in its level, e.g. 'p3'")
+    return int(m.group(1))
+
+
+def anchors_for_input(cfg, size: Optional[int] = None) -> List[Boxes]:
+    """The anchors a config gives an S x S input, per level, without building the model.
+
+    The config's anchor generator (``build_anchor_generator``) runs on empty feature maps of
+    :func:`feature_sizes` for the levels ``MODEL.YOLACT.IN_FEATURES``, exactly as the model's
+    forward runs it on the backbone's maps.
+
+    Args:
+        cfg: a config with ``add_mayolact_config`` applied.
+        size: S; default ``cfg.INPUT.YOLACT.SIZE``.
+
+    Returns:
+        list[Boxes]: one (H_l * W_l * A, 4) Boxes per level, in the head's order.
+    """
+    size = int(size or cfg.INPUT.YOLACT.SIZE)
+    levels = [feature_level(f) for f in cfg.MODEL.YOLACT.IN_FEATURES]
+    shapes = [ShapeSpec(channels=1, stride=2 ** lv) for lv in levels]
+    generator = build_anchor_generator(cfg, shapes)
+    feats = [torch.zeros((1, 0, n, n)) for n in feature_sizes(size, levels)]
+    return generator(feats)

@@ -1,9 +1,12 @@
-"""Config keys of maYOLACT. Every key the project reads is added here, with one comment each."""
+"""Config keys of maYOLACT (every key the project reads is added here, one comment each) and the
+one config loader of the tools, with the rows files of ``configs/rows/``."""
 import math
+import os
+from typing import Dict, Sequence
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_mayolact_config"]
+__all__ = ["add_mayolact_config", "ConfigError", "load_config", "load_rows", "merge_config_row"]
 
 
 def add_mayolact_config(cfg):
@@ -118,3 +121,81 @@ def add_mayolact_config(cfg):
     t.COCO_BACKEND = "auto"  # COCO AP backend: "pycocotools", "faster_coco_eval" or "auto"
     t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
+
+
+class ConfigError(ValueError):
+    """A config file, a rows file or a command-line override could not be applied."""
+
+
+def load_config(config_file: str = "", opts: Sequence[str] = ()):
+    """Detectron2's defaults + maYOLACT's keys + ``config_file`` (``_BASE_`` allowed) + ``opts``.
+
+    The one config loader of the tools (``train_net``, ``demo``, the benchmarks, the study, the
+    figures); the config is returned unfrozen.
+
+    Args:
+        config_file: a yaml config; "" keeps the defaults.
+        opts: ``KEY VALUE`` pairs merged last.
+
+    Raises:
+        ConfigError: naming the file (or the override) and the unknown or invalid key.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_mayolact_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"{config_file}: config file not found")
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, AssertionError, TypeError) as e:
+            raise ConfigError(f"{config_file}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ConfigError(f"command-line override {list(opts)}: {e}") from e
+    return cfg
+
+
+def load_rows(rows_file: str) -> Dict[str, Dict]:
+    """The rows of a rows file: a yaml mapping from row name to a mapping (see ``configs/rows/``).
+
+    Raises:
+        ConfigError: naming the file when it is missing, not yaml, or not a mapping of mappings.
+    """
+    import yaml
+
+    if not os.path.isfile(rows_file):
+        raise ConfigError(f"{rows_file}: rows file not found")
+    try:
+        with open(rows_file) as f:
+            rows = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{rows_file}: not valid yaml: {e}") from e
+    if not isinstance(rows, dict) or not rows:
+        raise ConfigError(f"{rows_file}: expected a mapping from row name to settings")
+    for name, row in rows.items():
+        if not isinstance(row, dict):
+            raise ConfigError(f"{rows_file}: row '{name}' must be a mapping, got {row!r}")
+    return rows
+
+
+def merge_config_row(cfg, rows_file: str, name: str):
+    """Merge row ``name`` of ``rows_file`` (a partial config, nested as in a config file) into cfg.
+
+    Returns:
+        cfg, merged in place.
+
+    Raises:
+        ConfigError: naming the file and the row when the row is unknown or sets an unknown or
+            invalid key.
+    """
+    rows = load_rows(rows_file)
+    if name not in rows:
+        raise ConfigError(f"{rows_file}: no row '{name}'; rows: {sorted(rows)}")
+    try:
+        cfg.merge_from_other_cfg(CN(rows[name]))
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ConfigError(f"{rows_file}: row '{name}': {e}") from e
+    return cfg

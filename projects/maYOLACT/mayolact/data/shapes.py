@@ -53,7 +53,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -64,6 +63,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.structures import BoxMode
+
+from mayolact.file_io import atomic_open, write_json_atomic
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -387,18 +388,6 @@ def shapes_cache_dir(num_images: int, image_size: int, seed: int, cache_root: Op
     return Path(cache_root) / f"s{int(image_size)}_n{int(num_images)}_seed{int(seed)}_{digest}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def generate_shapes_dicts(num_images: int, image_size: int = 256, seed: int = 0,
                           image_dir: Optional[str] = None, **kwargs) -> List[Dict]:
     """Generate the dataset dicts of a shapes set, optionally writing the images.
@@ -430,7 +419,8 @@ def generate_shapes_dicts(num_images: int, image_size: int = 256, seed: int = 0,
                 ok, buf = cv2.imencode(".png", image[:, :, ::-1])
                 if not ok:  # pragma: no cover
                     raise RuntimeError(f"shapes: could not encode image {i} as PNG")
-                _atomic_write_bytes(path, buf.tobytes())
+                with atomic_open(str(path), "wb") as f:
+                    f.write(buf.tobytes())
             file_name = str(path)
         else:
             file_name = f"shapes://{int(seed)}/{i}"
@@ -469,7 +459,7 @@ def load_shapes(num_images: int, image_size: int = 256, seed: int = 0,
                                   **kwargs)
     serial = [dict(d, annotations=[dict(a, bbox_mode=int(a["bbox_mode"]))
                                    for a in d["annotations"]]) for d in dicts]
-    _atomic_write_bytes(ann_file, json.dumps(serial).encode())
+    write_json_atomic(str(ann_file), serial)
     return dicts
 
 

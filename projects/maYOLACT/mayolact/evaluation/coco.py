@@ -32,6 +32,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils.file_io import PathManager
 
+from mayolact.file_io import write_json_atomic  # re-exported: the evaluators write through it
+
 __all__ = [
     "COCO_BACKENDS",
     "SUPPORTED_TASKS",
@@ -132,27 +134,6 @@ def _read_json(path: str, what: str):
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid json ({e})") from e
-
-
-def write_json_atomic(path: str, payload, indent: Optional[int] = None) -> None:
-    """Write ``payload`` as json (``indent`` as ``json.dump``); a local file goes through a temporary file in its folder and
-    ``os.replace``, so that no half-written file is left behind (other PathManager URIs are
-    written directly). The folder is created if needed."""
-    if "://" in path:
-        with PathManager.open(path, "w") as f:
-            json.dump(payload, f, indent=indent)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=indent)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def load_coco_gt(json_file: str, backend: str = "pycocotools"):
