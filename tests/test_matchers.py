@@ -8,7 +8,13 @@ from detectron2.config import get_cfg
 from detectron2.structures import Boxes
 
 from mayolact.config import add_mayolact_config
-from mayolact.matchers import ATSSMatcher, FixedIoUMatcher, build_anchor_matcher
+from mayolact.matchers import (
+    ANCHOR_MATCHER_REGISTRY,
+    AnchorMatcher,
+    ATSSMatcher,
+    FixedIoUMatcher,
+    build_anchor_matcher,
+)
 from mayolact.structures import integral_images
 
 
@@ -371,6 +377,17 @@ def test_build_anchor_matcher_from_config():
     cfg.MODEL.YOLACT.MATCHER = "MaxIoU"
     with pytest.raises(ValueError, match=r"valid: \['ATSS', 'FixedIoU'\]"):
         build_anchor_matcher(cfg)
+
+
+def test_registry_holds_the_matchers_and_their_contract():
+    assert ANCHOR_MATCHER_REGISTRY.get("ATSSMatcher") is ATSSMatcher
+    assert ANCHOR_MATCHER_REGISTRY.get("FixedIoUMatcher") is FixedIoUMatcher
+    assert "call contract" in ANCHOR_MATCHER_REGISTRY.__doc__.lower()
+    # needs_masks is part of the contract: declared by the base class, overridden where needed.
+    assert AnchorMatcher.needs_masks is False and FixedIoUMatcher.needs_masks is False
+    assert ATSSMatcher(quality="maiou").needs_masks and not ATSSMatcher().needs_masks
+    with pytest.raises(NotImplementedError):
+        AnchorMatcher()([torch.zeros(1, 4)], torch.zeros(0, 4))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,12 +1,9 @@
 """Anchor matchers of the paper: ATSS (IoU / GIoU / DIoU / maIoU) and YOLACT's fixed IoU thresholds.
 
-Both follow Detectron2's ``Matcher`` output contract and are called the same way:
-
-    matches, match_labels = matcher(anchors_per_level, gt_boxes, integral_masks=None, gt_masks=None)
-
-* ``matches``: int64 (R,), the GT matched to each anchor; meaningful only where the label is 1
-  (it is 0 elsewhere).
-* ``match_labels``: int8 (R,), 1 positive, 0 negative, -1 ignored (fixed IoU only).
+Matchers live in :data:`ANCHOR_MATCHER_REGISTRY` and follow the call contract of
+:class:`AnchorMatcher` (Detectron2's ``Matcher`` outputs). ``MODEL.YOLACT.MATCHER`` names one by
+its registered class name without the ``Matcher`` suffix: "ATSS" (:class:`ATSSMatcher`) or
+"FixedIoU" (:class:`FixedIoUMatcher`).
 
 Shape shorthand:
     R: number of anchors over all levels (P3..P7, concatenated in level order).
@@ -19,6 +16,7 @@ from typing import List, Sequence, Union
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Boxes, pairwise_iou
+from fvcore.common.registry import Registry
 
 from mayolact.box_ops import (
     as_box_tensor,
@@ -35,7 +33,13 @@ from mayolact.maiou import (
     pairwise_maiou_bruteforce,
 )
 
-__all__ = ["ATSSMatcher", "FixedIoUMatcher", "build_anchor_matcher", "MATCHERS"]
+__all__ = [
+    "ANCHOR_MATCHER_REGISTRY",
+    "AnchorMatcher",
+    "ATSSMatcher",
+    "FixedIoUMatcher",
+    "build_anchor_matcher",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +80,55 @@ def _empty_result(num_anchors: int, device: torch.device):
             torch.zeros(num_anchors, dtype=torch.int8, device=device))
 
 
-class ATSSMatcher:
+ANCHOR_MATCHER_REGISTRY = Registry("ANCHOR_MATCHER")
+ANCHOR_MATCHER_REGISTRY.__doc__ = """
+Registry for anchor matchers: subclasses of :class:`AnchorMatcher` named ``<Name>Matcher``, built
+from a config as ``cls(cfg)`` (``@configurable``) and selected by ``MODEL.YOLACT.MATCHER = "<Name>"``.
+
+Call contract (see :class:`AnchorMatcher`), for the anchors of one image:
+
+    matches, match_labels = matcher(anchors_per_level, gt_boxes,
+                                    integral_masks=None, gt_masks=None)
+
+* ``anchors_per_level``: list[Boxes], (R_l, 4) XYXY anchors per level, in level order.
+* ``gt_boxes``: Boxes or (G, 4) tensor of the image's GT boxes.
+* ``integral_masks``, ``gt_masks``: the GT masks as integral images and as (G, H, W) bitmaps; the
+  model passes both when ``matcher.needs_masks`` is True and neither otherwise.
+* ``matches``: int64 (R,), the GT of each anchor; meaningful only where the label is 1 (0 elsewhere).
+* ``match_labels``: int8 (R,), 1 positive, 0 negative, -1 ignored.
+"""
+
+
+class AnchorMatcher:
+    """Base of the anchor matchers: the call contract of :data:`ANCHOR_MATCHER_REGISTRY`.
+
+    Attributes:
+        needs_masks (bool): whether the call needs the GT masks (``integral_masks`` / ``gt_masks``);
+            the model rasterises and passes them only then. A class attribute, or a property where
+            it depends on the options (:class:`ATSSMatcher` with ``quality="maiou"``).
+    """
+
+    needs_masks: bool = False
+
+    def __call__(self, anchors_per_level: AnchorsLike, gt_boxes: Union[Boxes, torch.Tensor],
+                 integral_masks=None, gt_masks=None):
+        """Label the anchors of one image.
+
+        Args:
+            anchors_per_level (list[Boxes]): (R_l, 4) XYXY anchors per level, in level order.
+            gt_boxes (Boxes or Tensor): (G, 4) XYXY GT boxes.
+            integral_masks (IntegralImages or Tensor, optional): the G masks' integral images.
+            gt_masks (Tensor or BitMasks, optional): (G, H, W) masks.
+
+        Returns:
+            matches (Tensor): int64 (R,), the GT of each positive anchor (0 elsewhere).
+            match_labels (Tensor): int8 (R,) in {-1, 0, 1}.
+        """
+        raise NotImplementedError
+
+
+@ANCHOR_MATCHER_REGISTRY.register()
+class ATSSMatcher(AnchorMatcher):
     """Adaptive Training Sample Selection (SPEC 6.3), with IoU, GIoU, DIoU or maIoU as quality.
 
     For every GT: on each level take the ``min(topk, R_l)`` anchors whose centres are nearest the
@@ -264,7 +316,8 @@ class ATSSMatcher:
         return matches, labels
 
 
-class FixedIoUMatcher:
+@ANCHOR_MATCHER_REGISTRY.register()
+class FixedIoUMatcher(AnchorMatcher):
     """YOLACT's fixed IoU thresholds (mmdet ``MaxIoUAssigner``, SPEC 6.2).
 
     Each anchor takes its best GT (the first on ties) and is labelled by the interval of that IoU:
@@ -313,11 +366,6 @@ class FixedIoUMatcher:
             "labels": list(y.IOU_LABELS),
             "allow_low_quality_matches": y.ALLOW_LOW_QUALITY_MATCHES,
         }
-
-    @property
-    def needs_masks(self) -> bool:
-        """Always False: box IoU only."""
-        return False
 
     def __repr__(self) -> str:
         return (f"FixedIoUMatcher(thresholds={self.thresholds}, labels={self.labels}, "
@@ -376,18 +424,17 @@ class FixedIoUMatcher:
         return self.labels[-1]
 
 
-MATCHERS = {"ATSS": ATSSMatcher, "FixedIoU": FixedIoUMatcher}
-
-
-def build_anchor_matcher(cfg) -> Union[ATSSMatcher, FixedIoUMatcher]:
-    """Build the matcher named by ``cfg.MODEL.YOLACT.MATCHER`` ("ATSS" or "FixedIoU").
+def build_anchor_matcher(cfg) -> AnchorMatcher:
+    """Build the matcher ``<MODEL.YOLACT.MATCHER>Matcher`` of :data:`ANCHOR_MATCHER_REGISTRY`.
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones).
     """
     name = cfg.MODEL.YOLACT.MATCHER
-    if name not in MATCHERS:
-        raise ValueError(f"Unknown MODEL.YOLACT.MATCHER {name!r}; valid: {sorted(MATCHERS)}")
-    matcher = MATCHERS[name](cfg)
+    suffix = "Matcher"
+    valid = sorted(k[: -len(suffix)] for k, _ in ANCHOR_MATCHER_REGISTRY if k.endswith(suffix))
+    if name not in valid:
+        raise ValueError(f"Unknown MODEL.YOLACT.MATCHER {name!r}; valid: {valid}")
+    matcher = ANCHOR_MATCHER_REGISTRY.get(name + suffix)(cfg)
     logger.info("Anchor matcher: %s", matcher)
     return matcher

@@ -111,9 +111,8 @@ class YOLACT(DenseDetector):
             head_in_features: backbone outputs the head runs on, e.g. ["p3", ..., "p7"].
             anchor_generator: gives per-level anchors in the head's (y, x, a) order.
             box2box_transform: the box coder, weights (10, 10, 5, 5).
-            anchor_matcher: ``matcher(anchors, gt_boxes, integral_masks=, gt_masks=)`` ->
-                (matches int64 (R,), labels int8 (R,) in {-1, 0, 1}); ``needs_masks`` says whether
-                it needs the GT masks.
+            anchor_matcher: an :class:`mayolact.matchers.AnchorMatcher` (the call contract of
+                ``ANCHOR_MATCHER_REGISTRY``); the GT masks are passed when its ``needs_masks``.
             protonet: prototypes from ``proto_in_feature``.
             proto_in_feature: backbone output of the protonet and the semantic head ("p3").
             semseg_head: training-only semantic head, or None.
@@ -344,7 +343,6 @@ class YOLACT(DenseDetector):
                 for foreground anchors).
         """
         num_anchors = sum(len(a) for a in anchors)
-        needs_masks = bool(getattr(self.anchor_matcher, "needs_masks", False))
         gt_labels, matched_idxs = [], []
         for inst in gt_instances:
             if len(inst) == 0:
@@ -354,7 +352,7 @@ class YOLACT(DenseDetector):
                     torch.zeros((num_anchors,), dtype=torch.int64, device=self.device))
                 continue
             kwargs = {}
-            if needs_masks:
+            if self.anchor_matcher.needs_masks:
                 masks = inst.gt_masks.tensor
                 if inst.has("gt_integral_images"):
                     ii = inst.gt_integral_images
