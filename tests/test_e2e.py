@@ -157,7 +157,7 @@ def test_train_then_eval_only_on_coco_mini(coco_mini, tmp_path, monkeypatch):
     results = run_train_net(["--config-file", config, "--eval-only", *common,
                              "MODEL.WEIGHTS", out / "model_final.pth",
                              "DATASETS.TEST", f"('{val16}',)",
-                             "MODEL.YOLACT.DETECTIONS_PER_IMAGE", 10])
+                             "TEST.DETECTIONS_PER_IMAGE", 10])
     assert_eval_results(results)
     predictions = json.loads((out / "inference" / val16 / "coco_instances_results.json").read_text())
     val_ids = {d["image_id"] for d in DatasetCatalog.get(val16)}
@@ -187,7 +187,7 @@ def test_quick_config_trains_and_evaluates(config, quick_data, tmp_path):
                              "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{test}',)",
                              "SOLVER.MAX_ITER", 2, "SOLVER.IMS_PER_BATCH", 2,
                              "TEST.EXPECTED_RESULTS", "[['segm', 'AP', 0.0, 1000.0]]",
-                             "MODEL.YOLACT.DETECTIONS_PER_IMAGE", 10,
+                             "TEST.DETECTIONS_PER_IMAGE", 10,
                              "MODEL.YOLACT.SCORE_THRESH_TEST", 0.0, *extra])
     rows = read_metrics(out)
     assert_finite_losses(rows, last_iter=1)
@@ -279,6 +279,6 @@ def test_full_config_trains_and_infers(name, small_shapes):
         assert expected == 12832
     inst = result["instances"]
     assert inst.image_size == (image["height"], image["width"])
-    assert len(inst) <= cfg.MODEL.YOLACT.DETECTIONS_PER_IMAGE
+    assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
     assert inst.pred_masks.shape[1:] == (image["height"], image["width"])
     assert torch.isfinite(inst.pred_boxes.tensor).all() and torch.isfinite(inst.scores).all()

@@ -43,7 +43,7 @@ def _cfg(variant="atss_maiou", size=128):
     y.NUM_CLASSES = NUM_CLASSES
     y.NUM_PROTOTYPES = 8
     y.PROTO_CHANNELS = 16
-    y.DETECTIONS_PER_IMAGE = 20
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
     cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.YOLACT.SIZE = size
     if variant == "fixed_iou":

@@ -56,7 +56,7 @@ def test_study_runs_every_assigner_end_to_end(tmp_path):
     cmd = [sys.executable, str(REPO / "tools" / "compare_assigners.py"), "--seeds", "1",
            "--output", str(out), "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2",
            "SOLVER.WARMUP_ITERS", "0", "INPUT.YOLACT.SIZE", "128", "DATALOADER.NUM_WORKERS", "0",
-           "MODEL.YOLACT.SCORE_THRESH_TEST", "0.0", "MODEL.YOLACT.DETECTIONS_PER_IMAGE", "5"]
+           "MODEL.YOLACT.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "5"]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "results.csv") as f:

@@ -60,13 +60,12 @@ def add_mayolact_config(cfg):
     y.SEMSEG_LOSS_WEIGHT = 1.0  # weight of the auxiliary semantic-segmentation loss
     y.MAX_MASKS_TRAIN = 100  # positives per image that train the mask branch (random subset)
 
-    # Inference.
+    # Inference (detections kept per image: Detectron2's TEST.DETECTIONS_PER_IMAGE, COCO's limit too).
     y.TOPK_CANDIDATES_PER_LEVEL = 1000  # anchors kept per level (by max foreground score) before NMS
     y.SCORE_THRESH_TEST = 0.05  # detections must score above this
     y.NMS_TYPE = "fast"  # "fast" (YOLACT's Fast NMS, class-wise) or "standard" (batched_nms)
     y.NMS_THRESH_TEST = 0.5  # IoU threshold of either NMS
     y.NMS_TOPK_PER_CLASS = 200  # Fast NMS: candidates per class
-    y.DETECTIONS_PER_IMAGE = 100  # detections kept per image
     y.MASK_THRESHOLD = 0.5  # threshold on the sigmoid masks (after resizing) for pred_masks
 
     # CARAFE FPN (maYOLACT).

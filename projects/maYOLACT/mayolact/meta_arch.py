@@ -202,7 +202,7 @@ class YOLACT(DenseDetector):
             "nms_type": y.NMS_TYPE,
             "test_nms_thresh": y.NMS_THRESH_TEST,
             "nms_topk_per_class": y.NMS_TOPK_PER_CLASS,
-            "max_detections_per_image": y.DETECTIONS_PER_IMAGE,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "mask_threshold": y.MASK_THRESHOLD,
             "input_format": cfg.INPUT.FORMAT,
             "vis_period": cfg.VIS_PERIOD,
