@@ -9,7 +9,6 @@ preserving with h / w = ratio. The number of anchors per level follows the real 
 The ATSS variants use Detectron2's own ``DefaultAnchorGenerator`` (integer strides 8..128,
 ``OFFSET = 0``), selected with ``MODEL.ANCHOR_GENERATOR.NAME: "DefaultAnchorGenerator"``.
 """
-import logging
 import re
 from typing import List, Optional, Sequence
 
@@ -24,8 +23,6 @@ from detectron2.modeling.anchor_generator import (
 from detectron2.structures import Boxes
 
 __all__ = ["YOLACTAnchorGenerator", "feature_sizes", "feature_level", "anchors_for_input"]
-
-logger = logging.getLogger(__name__)
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()

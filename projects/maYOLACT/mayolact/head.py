@@ -8,7 +8,6 @@ Shape shorthand:
     K: foreground classes; the softmax classifier has K + 1 outputs, background LAST.
     k: prototypes (coefficients per anchor).
 """
-import logging
 from typing import List, Tuple
 
 import torch
@@ -18,18 +17,9 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
 
+from mayolact.weight_init import xavier_init_convs
+
 __all__ = ["YOLACTHead"]
-
-logger = logging.getLogger(__name__)
-
-
-def _xavier_init(module: nn.Module) -> None:
-    """Xavier-uniform weights (gain 1) and zero bias on every conv of ``module``."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class YOLACTHead(nn.Module):
@@ -51,8 +41,6 @@ class YOLACTHead(nn.Module):
         num_convs: int = 1,
     ):
         """
-        NOTE: this interface is experimental.
-
         Args:
             input_shape (list[ShapeSpec]): shapes of the input levels; all must have the same
                 number of channels (the FPN's 256).
@@ -83,7 +71,7 @@ class YOLACTHead(nn.Module):
         self.cls_score = nn.Conv2d(in_channels, num_anchors * (num_classes + 1), 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
         self.coeff_pred = nn.Conv2d(in_channels, num_anchors * num_prototypes, 3, padding=1)
-        _xavier_init(self)
+        xavier_init_convs(self)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):

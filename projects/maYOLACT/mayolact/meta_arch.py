@@ -103,8 +103,6 @@ class YOLACT(DenseDetector):
         vis_period: int = 0,
     ):
         """
-        NOTE: this interface is experimental.
-
         Args:
             backbone: a Detectron2 Backbone with ``size_divisibility`` 0 (no padding).
             head: the box head (:class:`YOLACTHead`), called on the ``head_in_features`` maps.

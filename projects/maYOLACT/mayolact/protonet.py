@@ -7,19 +7,15 @@ Shape shorthand:
     k: prototypes (32).
     K: foreground classes.
 """
-import logging
-
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
-from mayolact.head import _xavier_init
+from mayolact.weight_init import xavier_init_convs
 
 __all__ = ["ProtoNet", "SemanticSegHead"]
-
-logger = logging.getLogger(__name__)
 
 
 class ProtoNet(nn.Module):
@@ -32,8 +28,6 @@ class ProtoNet(nn.Module):
     @configurable
     def __init__(self, *, in_channels: int, hidden_channels: int = 256, num_prototypes: int = 32):
         """
-        NOTE: this interface is experimental.
-
         Args:
             in_channels (int): C, channels of the input level.
             hidden_channels (int): channels of the hidden convs.
@@ -56,7 +50,7 @@ class ProtoNet(nn.Module):
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, num_prototypes, 1), nn.ReLU(inplace=True),
         )
-        _xavier_init(self)
+        xavier_init_convs(self)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -85,8 +79,6 @@ class SemanticSegHead(nn.Module):
     @configurable
     def __init__(self, *, in_channels: int, num_classes: int):
         """
-        NOTE: this interface is experimental.
-
         Args:
             in_channels (int): C, channels of the input level.
             num_classes (int): K, foreground classes.
@@ -99,7 +91,7 @@ class SemanticSegHead(nn.Module):
             )
         self.num_classes = num_classes
         self.conv = nn.Conv2d(in_channels, num_classes, 1)
-        _xavier_init(self)
+        xavier_init_convs(self)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):

@@ -17,8 +17,6 @@ tensor is ever built; the largest intermediate has N * C * k^2 * h * w elements.
 
 Shapes: N images, C channels, (h, w) input size, s scale factor, k reassembly kernel, g groups.
 """
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +24,6 @@ from torch import nn
 from detectron2.config import configurable
 
 __all__ = ["carafe", "CARAFEUpsample"]
-
-logger = logging.getLogger(__name__)
 
 
 def carafe(
@@ -103,8 +99,6 @@ class CARAFEUpsample(nn.Module):
         compressed_channels: int = 64,
     ):
         """
-        NOTE: this interface is experimental.
-
         Args:
             channels (int): channels C of the input (and output).
             scale_factor (int): upsampling factor s.

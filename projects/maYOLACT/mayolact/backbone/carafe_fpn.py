@@ -13,7 +13,6 @@ Built on Detectron2's FPN (which makes the 1x1 laterals ``fpn_lateral{3,4,5}`` a
 
 Initialisation (SPEC 11): convs xavier-uniform with zero bias, CARAFE modules their own init.
 """
-import logging
 import math
 from typing import Dict, List, Optional
 
@@ -23,14 +22,13 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 
+from mayolact.weight_init import xavier_init_convs
+
 from .carafe import CARAFEUpsample
-from .fpn import NoPaddingMixin, check_in_features, xavier_init_convs
+from .fpn import NoPaddingMixin, check_in_features
 from .resnet import build_mayolact_resnet
 
 __all__ = ["CARAFEFPN", "build_yolact_resnet_carafe_fpn_backbone"]
-
-logger = logging.getLogger(__name__)
-
 
 class CARAFEFPN(NoPaddingMixin, FPN):
     """FPN_CARAFE (SPEC 4.2): Detectron2's FPN laterals/outputs, two extra levels from the input's
@@ -47,8 +45,6 @@ class CARAFEFPN(NoPaddingMixin, FPN):
         carafe_kwargs: Optional[dict] = None,
     ):
         """
-        NOTE: this interface is experimental.
-
         Args:
             bottom_up (Backbone): the ResNet; it must output every name in ``in_features``.
             in_features (list[str]): bottom-up levels, high to low resolution (e.g. res3..res5).

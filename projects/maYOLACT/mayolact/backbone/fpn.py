@@ -11,7 +11,6 @@ Differences from Detectron2's RetinaNet FPN, and nothing else:
 
 Module names stay Detectron2's (``fpn_lateral{s}``, ``fpn_output{s}``, ``top_block.p6/p7``).
 """
-import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -23,6 +22,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
+from mayolact.weight_init import xavier_init_convs
+
 from .resnet import build_mayolact_resnet
 
 __all__ = [
@@ -30,27 +31,8 @@ __all__ = [
     "NoPaddingMixin",
     "YOLACTFPN",
     "check_in_features",
-    "xavier_init_convs",
     "build_yolact_resnet_fpn_backbone",
 ]
-
-logger = logging.getLogger(__name__)
-
-
-def xavier_init_convs(*modules: nn.Module):
-    """Xavier-uniform (gain 1) weights and zero biases for every ``nn.Conv2d`` in ``modules``.
-
-    Args:
-        modules (nn.Module): modules (or None, skipped) whose convolutions are initialised.
-    """
-    for module in modules:
-        if module is None:
-            continue
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
 
 def check_in_features(owner: str, bottom_up: Backbone, in_features: List[str]) -> None:
@@ -113,8 +95,6 @@ class YOLACTFPN(NoPaddingMixin, FPN):
         fuse_type: str = "sum",
     ):
         """
-        NOTE: this interface is experimental.
-
         Args:
             bottom_up (Backbone): the ResNet; it must output every name in ``in_features`` (and the
                 top block's ``in_feature`` when that is a bottom-up name).
