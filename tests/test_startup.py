@@ -1,0 +1,104 @@
+"""A quiet, fast start: ``import mayolact`` loads no torch, registration still happens when
+Detectron2 is imported (in any order), known third-party warnings are filtered narrowly."""
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+
+from mayolact.logger import KNOWN_WARNINGS, filter_known_warnings
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
+
+
+def run_python(code, timeout=300):
+    """Run ``code`` in a fresh interpreter (plain warning filters: no PYTHONWARNINGS, no pytest)."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONWARNINGS"}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_import_mayolact_loads_neither_torch_nor_detectron2():
+    proc = run_python("""
+        import sys
+        import mayolact
+        heavy = sorted(m for m in ("torch", "torchvision", "detectron2", "cv2", "numpy")
+                       if m in sys.modules)
+        print("HEAVY", heavy)
+        print("ALL", sorted(mayolact.__all__))
+    """)
+    assert "HEAVY []" in proc.stdout, proc.stdout
+
+
+# Each order in which a user may import things; every one must end with a buildable YOLACT.
+ORDERS = {
+    "mayolact first": "import mayolact\nfrom detectron2.modeling import build_model",
+    "detectron2 first": "from detectron2.modeling import build_model\nimport mayolact",
+    "a submodule first": "from mayolact.maiou import pairwise_maiou\n"
+                         "from detectron2.modeling import build_model",
+    "a lazy name first": "from mayolact import add_mayolact_config\n"
+                         "from detectron2.modeling import build_model",
+}
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_registration_in_any_import_order(order):
+    """Registration happens whichever is imported first. Detectron2's import (torch.jit.script)
+    and its DefaultAnchorGenerator (torch.meshgrid without indexing) warn with this torch: once
+    mayolact is imported, neither reaches stderr."""
+    proc = run_python("import warnings\nwarnings.simplefilter('default')\n" + ORDERS[order]
+                      + textwrap.dedent(f"""
+        import torch
+        from detectron2.config import get_cfg
+        from detectron2.data import DatasetCatalog
+        from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+        import mayolact
+        from mayolact import add_mayolact_config
+        print("REGISTERED", "YOLACT" in META_ARCH_REGISTRY,
+              "build_yolact_resnet_carafe_fpn_backbone" in BACKBONE_REGISTRY,
+              "mayolact_shapes_val" in DatasetCatalog.list())
+        cfg = get_cfg()
+        add_mayolact_config(cfg)
+        cfg.merge_from_file({str(QUICK)!r})
+        cfg.MODEL.YOLACT.NUM_CLASSES = 3
+        model = build_model(cfg)
+        print("BUILT", type(model).__name__)
+        print("ANCHORS", len(model.anchor_generator([torch.zeros(1, 4, 5, 5)])[0]))
+        for name in mayolact.__all__:  # every public name loads
+            assert getattr(mayolact, name) is not None, name
+        assert mayolact.data.datasets.__name__ == "mayolact.data.datasets"  # submodules too
+        try:
+            mayolact.no_such_name
+        except AttributeError as e:
+            print("ERR", e)
+    """))
+    assert "REGISTERED True True True" in proc.stdout and "BUILT YOLACT" in proc.stdout
+    assert "ANCHORS 25" in proc.stdout
+    assert "ERR module 'mayolact' has no attribute 'no_such_name'" in proc.stdout
+    if order != "detectron2 first":  # (warnings issued before mayolact was imported do show)
+        assert "Warning" not in proc.stderr, proc.stderr
+
+
+def test_known_warning_filters_are_narrow():
+    """Only the listed message from the listed module is ignored: the same text from elsewhere,
+    or another deprecation from the same module, still shows."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        filter_known_warnings()
+        import torch
+
+        torch.meshgrid(torch.arange(2), torch.arange(3))  # filtered (torch.functional)
+        warnings.warn("`torch.jit.script` is deprecated. Please switch", FutureWarning)  # here
+        warnings.warn("something else", FutureWarning)
+    messages = [str(w.message) for w in seen]
+    assert not any("torch.meshgrid" in m for m in messages), messages
+    assert sum("torch.jit.script" in m for m in messages) == 1, messages
+    assert "something else" in messages
+    assert all(len(k) == 3 for k in KNOWN_WARNINGS)
