@@ -21,6 +21,7 @@ from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.utils.file_io import PathManager
 
 from .conversion.torchvision import (
     BOTTOM_UP_PREFIX,
@@ -34,6 +35,8 @@ __all__ = [
     "MMDET_PREFIXES",
     "CheckpointError",
     "summarize_names",
+    "load_weights_file",
+    "save_converted_checkpoint",
     "StagedCheckpoint",
     "find_checkpoints",
     "YOLACTCheckpointer",
@@ -111,13 +114,39 @@ def _describe_read_error(path: str, err: Exception) -> str:
         return "the file is empty, not a checkpoint"
     if not any(b < 32 and b not in b"\t\n\r\f" for b in head):
         return "a text file, not a PyTorch checkpoint"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if "weights_only" in str(err) or "Weights only load failed" in str(err):
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
         return (
-            "it holds Python objects that torch.load(weights_only=True) refuses to unpickle "
-            f"({type(err).__name__}: {first})"
+            f"it holds Python objects ({found.group(1)}) besides tensors and plain containers, "
+            "which a weights-only torch.load refuses to unpickle"
         )
-    return f"corrupt or truncated, not a readable PyTorch checkpoint ({type(err).__name__}: {first})"
+    detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+    detail = detail.group(1).strip() if detail else (text.strip().splitlines() or [""])[0]
+    return f"corrupt or truncated, not a readable PyTorch checkpoint ({type(err).__name__}: {detail})"
+
+
+def load_weights_file(path: str):
+    """``torch.load`` of a weights file (``weights_only``, on the CPU), with errors in words.
+
+    Args:
+        path (str): a local file or a ``PathManager`` URI (``torchvision://resnet50``, ...).
+
+    Returns:
+        the loaded object (for a checkpoint, a dict).
+
+    Raises:
+        FileNotFoundError: no such file (for ``torchvision://``: where to put it).
+        CheckpointError: naming the file: empty, a text file, corrupt or truncated, or holding
+            Python objects that a weights-only load refuses.
+    """
+    local = PathManager.get_local_path(path)
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        return torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: {_describe_read_error(local, e)}") from e
 
 
 def _is_mmdet_state_dict(state_dict) -> bool:
@@ -150,12 +179,12 @@ def _mismatch_message(source, what, n_model, missing, unexpected, shapes, advice
     if missing:
         parts.append(
             f"{len(missing)} of the model's {n_model} tensors are not in the file "
-            f"({summarize_names(missing)})"
+            f"({summarize_names(missing)}; e.g. {missing[0]})"
         )
     if unexpected:
         parts.append(
             f"{len(unexpected)} tensors of the file are not in the model "
-            f"({summarize_names(unexpected)})"
+            f"({summarize_names(unexpected)}; e.g. {unexpected[0]})"
         )
     if shapes:
         shown = "; ".join(f"{k}: {a} in the file, {b} in the model" for k, a, b in shapes[:3])
@@ -268,6 +297,25 @@ def _unreadable_reason(path: str) -> Optional[str]:
     return None if bad is None else f"its member {bad} fails its checksum (damaged bytes)"
 
 
+def save_converted_checkpoint(model: Dict[str, torch.Tensor], path: str, author: str) -> None:
+    """Write ``{"model": model, "__author__": author}`` (a Detectron2 checkpoint) to ``path``,
+    atomically: through a temporary file beside it, fsync'ed and renamed over ``path``.
+
+    Args:
+        model (dict[str, Tensor]): state dict in maYOLACT's parameter names.
+        path (str): destination file; its folder is created if needed.
+        author (str): the source format (:data:`TORCHVISION_AUTHOR`, :data:`MMDET_AUTHOR`), which
+            :class:`YOLACTCheckpointer` reads back to apply that format's rules (a torchvision
+            backbone leaves the FPN and the heads fresh).
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    _write_durably(temporary, lambda f: torch.save({"model": model, "__author__": author}, f))
+    os.replace(temporary, path)
+    _fsync_folder(folder)
+
+
 class YOLACTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` for YOLACT / maYOLACT models (see the module docstring)."""
 
@@ -301,6 +349,13 @@ class YOLACTCheckpointer(DetectionCheckpointer):
             model, save_dir, skip_class_layers=cfg.MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS, **kwargs
         )
 
+    def load(self, path: str, *args, **kwargs) -> dict:
+        """``DetectionCheckpointer.load``; a missing local file raises ``FileNotFoundError`` naming
+        it (Detectron2 asserts)."""
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such weights file (MODEL.WEIGHTS)")
+        return super().load(path, *args, **kwargs)
+
     def _load_file(self, filename: str) -> dict:
         """Read ``filename`` and bring it to Detectron2's form ``{"model": state dict, ...}``.
 
@@ -322,11 +377,7 @@ class YOLACTCheckpointer(DetectionCheckpointer):
                 )
             loaded[_SOURCE_KEY] = filename
             return loaded
-        try:
-            loaded = self._torch_load(filename)
-        except Exception as e:
-            raise CheckpointError(f"{filename}: {_describe_read_error(filename, e)}") from e
-        checkpoint = self._recognise(loaded, filename)
+        checkpoint = self._recognise(load_weights_file(filename), filename)
         checkpoint[_SOURCE_KEY] = filename
         return checkpoint
 

@@ -218,7 +218,9 @@ class TorchvisionPathHandler(PathHandler):
     def _get_supported_prefixes(self) -> List[str]:
         return [TORCHVISION_PREFIX]
 
-    def _get_local_path(self, path: str, **kwargs) -> str:
+    def _get_local_path(self, path: str, force: bool = False, **kwargs) -> str:
+        # ``force`` (re-fetch) is not honoured: a cached torchvision file is immutable (its name
+        # carries its hash).
         self._check_kwargs(kwargs)
         return resolve_torchvision_path(path)
 
