@@ -18,12 +18,12 @@ import time
 
 import cv2
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import default_setup
 
 import mayolact  # noqa: F401
+from mayolact.checkpoint import YOLACTCheckpointer
 from mayolact.config import ConfigError, load_config
 from mayolact.engine import Trainer
 from mayolact.file_io import write_image_atomic, write_json_atomic
@@ -62,7 +62,7 @@ def main(argv=None):
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS or final)
+        YOLACTCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS or final)
     else:
         for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
             logger.info("dataset %s: %d images", name, len(DatasetCatalog.get(name)))

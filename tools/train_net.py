@@ -15,12 +15,12 @@ Examples::
 import logging
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import mayolact  # noqa: F401  (registers the model, backbones and datasets)
+from mayolact.checkpoint import YOLACTCheckpointer
 from mayolact.config import ConfigError, load_config
 from mayolact.engine import Trainer
 
@@ -37,7 +37,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        YOLACTCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import os
+import weakref
 from unittest import mock
 
 import torch
@@ -25,6 +26,8 @@ from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+
+from .checkpoint import YOLACTCheckpointer
 
 __all__ = [
     "GlobalNormClipSGD",
@@ -242,7 +245,18 @@ class Trainer(DefaultTrainer):
         else:
             super().__init__(cfg)
 
+    def build_checkpointer(self) -> YOLACTCheckpointer:
+        """:class:`~mayolact.checkpoint.YOLACTCheckpointer` of the trained model, saving to
+        ``OUTPUT_DIR`` with the trainer's state, as ``DefaultTrainer``'s checkpointer does; it loads
+        ``MODEL.WEIGHTS`` in any format it recognises (torchvision, mmdetection, Detectron2)."""
+        return YOLACTCheckpointer.from_config(
+            self.cfg, self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+
     def build_hooks(self):
+        # DefaultTrainer.__init__ makes a plain DetectionCheckpointer and calls build_hooks right
+        # after: replace it before the PeriodicCheckpointer hook takes it.
+        self.checkpointer = self.build_checkpointer()
         built = super().build_hooks()
         if not self.eval_after_train:
             built = [h for h in built if not isinstance(h, hooks.EvalHook)]

@@ -5,10 +5,10 @@ from typing import Dict
 import numpy as np
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from mayolact.checkpoint import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
 
 __all__ = ["YOLACTPredictor"]
@@ -39,7 +39,7 @@ class YOLACTPredictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if self.cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
+            YOLACTCheckpointer.from_config(self.cfg, self.model).load(self.cfg.MODEL.WEIGHTS)
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(
