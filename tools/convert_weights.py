@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Convert foreign weights into Detectron2 checkpoints of maYOLACT's models.
+
+Sub-commands:
+
+* ``torchvision SRC DST``: a torchvision ImageNet ResNet (a state-dict file, or
+  ``torchvision://resnet50`` / ``resnet101`` / ... from torch.hub's cache) -> the ResNet of a
+  maYOLACT model (``backbone.bottom_up.*``); the FPN and the heads start fresh when it is loaded.
+* ``mmdet SRC DST --config-file CFG``: an mmdetection YOLACT / maYOLACT checkpoint -> the full model
+  of ``CFG``. Every tensor is checked against the model built from ``CFG``.
+
+``DST`` is ``{"model": state dict, "__author__": "torchvision" | "mmdetection"}``, written
+atomically; set ``MODEL.WEIGHTS`` to it. ``MODEL.WEIGHTS`` also takes the sources directly (they are
+converted on load): converting once saves the conversion at every start and gives a file to share.
+
+Examples::
+
+    python tools/convert_weights.py torchvision torchvision://resnet50 weights/R-50-torchvision.pth
+    python tools/convert_weights.py torchvision resnet50-0676ba61.pth weights/R-50-torchvision.pth
+    python tools/convert_weights.py mmdet mayolact_550.pth weights/mayolact_R_50_FPN_550.pth \\
+        --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
+
+Exit status: 0 on success, 2 when a file or the config is missing, unreadable or does not match (the
+message names the file and the problem).
+"""
+import argparse
+import logging
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+import mayolact  # noqa: F401  (registers the model and the torchvision:// paths)
+from mayolact.checkpoint import (
+    MMDET_AUTHOR,
+    TORCHVISION_AUTHOR,
+    CheckpointError,
+    YOLACTCheckpointer,
+    load_weights_file,
+    save_converted_checkpoint,
+    summarize_names,
+)
+from mayolact.config import ConfigError, load_config
+from mayolact.conversion import convert_torchvision_resnet, is_torchvision_resnet
+
+logger = logging.getLogger("mayolact.convert_weights")
+
+
+def convert_torchvision(args) -> None:
+    """``torchvision SRC DST``."""
+    state = load_weights_file(args.src)
+    if not isinstance(state, dict) or not is_torchvision_resnet(state):
+        raise CheckpointError(
+            f"{args.src}: not a torchvision ResNet state dict (no conv1.weight and layer1.*)"
+        )
+    try:
+        model, unused = convert_torchvision_resnet(state)
+    except ValueError as e:
+        raise CheckpointError(f"{args.src}: {e}") from e
+    save_converted_checkpoint(model, args.dst, TORCHVISION_AUTHOR)
+    logger.info("Wrote %s: %d tensors (%s); unused: %s", args.dst, len(model),
+                summarize_names(model), summarize_names(unused) or "none")
+
+
+def convert_mmdet(args) -> None:
+    """``mmdet SRC DST --config-file CFG [KEY VALUE ...]``: the checkpointer converts and checks
+    the file against the config's model (``mayolact.conversion.mmdet``), the result is saved."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
+    model = build_model(cfg)
+    loaded = YOLACTCheckpointer.from_config(cfg, model).load(args.src)
+    if loaded.get("__author__") != MMDET_AUTHOR:
+        raise CheckpointError(f"{args.src}: not an mmdetection checkpoint (no 'state_dict' of "
+                              "backbone./neck./bbox_head./mask_head. tensors)")
+    save_converted_checkpoint(model.state_dict(), args.dst, MMDET_AUTHOR)
+    logger.info("Wrote %s: %d tensors for %s", args.dst, len(model.state_dict()), args.config_file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="source", required=True, metavar="{torchvision,mmdet}")
+    tv = sub.add_parser("torchvision", help="torchvision ImageNet ResNet -> maYOLACT backbone")
+    tv.add_argument("src", help="torchvision state-dict file, or torchvision://resnet50 etc.")
+    tv.add_argument("dst", help="output checkpoint (.pth)")
+    tv.set_defaults(run=convert_torchvision)
+    mm = sub.add_parser("mmdet", help="mmdetection YOLACT / maYOLACT checkpoint -> full model")
+    mm.add_argument("src", help="mmdetection checkpoint (.pth with 'state_dict')")
+    mm.add_argument("dst", help="output checkpoint (.pth)")
+    mm.add_argument("--config-file", required=True, help="the maYOLACT config the model matches")
+    mm.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    mm.set_defaults(run=convert_mmdet)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logger(name="mayolact")
+    setup_logger(name="fvcore")
+    try:
+        args.run(args)
+    except (CheckpointError, ConfigError, OSError) as e:
+        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
