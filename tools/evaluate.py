@@ -80,8 +80,6 @@ def parse_args(argv=None):
 
 def gt_json_of_dataset(name: str, work_dir: str) -> str:
     """The COCO json of a registered dataset (converted into ``work_dir`` when it has none)."""
-    import mayolact  # noqa: F401  (registers the project's datasets)
-    import mayolact.data  # noqa: F401  (the same, should the package not import it)
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.coco import convert_to_coco_json
 

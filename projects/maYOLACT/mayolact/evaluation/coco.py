@@ -195,6 +195,12 @@ def run_coco_eval(
     The backend follows the class of ``coco_gt`` (see :func:`load_coco_gt`). The results are not
     modified (the COCO API gets shallow copies).
 
+    Detectron2's ``_evaluate_predictions_on_coco`` also takes a ``cocoeval_fn``, but whenever the
+    limit is not 100 (the quick and shapes configs use 20 and 50) it replaces that class by
+    pycocotools' ``COCOevalMaxDets``: on faster-coco-eval's ground truth this runs at pycocotools'
+    speed and its statistics differ in the last bits. This function keeps the backend's own class
+    for every limit.
+
     Args:
         coco_gt: ``pycocotools.coco.COCO`` or ``faster_coco_eval.COCO`` with the ground truth.
         coco_results: COCO result dicts ("image_id", dataset "category_id", "score" and "bbox" or
