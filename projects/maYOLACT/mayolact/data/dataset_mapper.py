@@ -176,8 +176,8 @@ def parse_annotations(
             raise _bad(
                 file_name, ann, i, "bbox_mode", f"expected XYWH_ABS or XYXY_ABS, got {mode!r}"
             )
-        x1, y1 = bbox[0], bbox[1]
-        w, h = (bbox[2], bbox[3]) if mode == BoxMode.XYWH_ABS else (bbox[2] - x1, bbox[3] - y1)
+        # float64 numpy: the conversion keeps the coordinates' precision (a list would be float32).
+        x1, y1, w, h = BoxMode.convert(np.asarray([bbox]), mode, BoxMode.XYWH_ABS)[0].tolist()
         if w < 0 or h < 0:
             raise _bad(file_name, ann, i, "bbox", f"negative width or height ({w}, {h})")
         iscrowd = ann.get("iscrowd", 0)
