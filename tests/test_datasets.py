@@ -140,3 +140,20 @@ def test_builtin_metadata_is_used_as_is():
     assert resolve_num_classes(cfg_with(train=["coco_2017_train"])) == 80
     with pytest.raises(KeyError, match="not registered"):
         dataset_metadata(fresh("missing"))
+
+
+def test_load_config_registers_resolves_and_reports_errors_once(tmp_path):
+    """The tools' loader: datasets from the command line, NUM_CLASSES from them, ConfigError."""
+    from mayolact.config import ConfigError, load_config
+
+    json_file = write_coco(tmp_path)
+    name = fresh()
+    entry = f"[['{name}', '{json_file}', '{tmp_path}']]"
+    cfg = load_config("", ["DATASETS.YOLACT.COCO_JSON", entry, "DATASETS.TRAIN", f"('{name}',)"])
+    assert cfg.MODEL.YOLACT.NUM_CLASSES == 3
+    with pytest.raises(ConfigError, match="DATASETS.YOLACT.COCO_JSON entry 'x'.*not found"):
+        load_config("", ["DATASETS.YOLACT.COCO_JSON", "[['x', 'missing.json', '.']]"])
+    with pytest.raises(ConfigError, match="set MODEL.YOLACT.NUM_CLASSES 3 instead"):
+        load_config("", ["DATASETS.YOLACT.COCO_JSON", entry, "DATASETS.TRAIN", f"('{name}',)",
+                         "MODEL.META_ARCHITECTURE", "YOLACT", "MODEL.YOLACT.NUM_CLASSES", "80",
+                         "MODEL.ROI_HEADS.NUM_CLASSES", "3"])

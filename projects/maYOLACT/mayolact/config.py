@@ -84,12 +84,12 @@ def add_mayolact_config(cfg):
     y.WEIGHTS_SKIP_CLASS_LAYERS = False  # fine-tuning: class layers may be absent/other-sized in WEIGHTS
 
     # ----------------------------------------------------------------- data
-    _C.INPUT.YOLACT = CN()
-    d = _C.INPUT.YOLACT
-    d.SIZE = 550  # S: images are squashed to S x S (no aspect ratio kept) in training and test
     _C.DATASETS.YOLACT = CN()
     _C.DATASETS.YOLACT.COCO_JSON = []  # [[name, json_file, image_root], ...]: COCO sets to register
 
+    _C.INPUT.YOLACT = CN()
+    d = _C.INPUT.YOLACT
+    d.SIZE = 550  # S: images are squashed to S x S (no aspect ratio kept) in training and test
     d.MIN_GT_SIZE = 4.0  # training GTs need width and height > this, in original pixels
     d.PHOTOMETRIC = True  # SSD photometric distortion (brightness, contrast, saturation, hue, swap)
     d.BRIGHTNESS_DELTA = 32  # brightness shift range +-delta
@@ -130,16 +130,21 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()):
     """Detectron2's defaults + maYOLACT's keys + ``config_file`` (``_BASE_`` allowed) + ``opts``.
 
     The one config loader of the tools (``train_net``, ``demo``, the benchmarks, the study, the
-    figures); the config is returned unfrozen.
+    figures); the config is returned unfrozen. Last, the datasets of ``DATASETS.YOLACT.COCO_JSON``
+    are registered and ``MODEL.YOLACT.NUM_CLASSES`` 0 becomes the training set's class count
+    (:func:`mayolact.data.datasets.apply_dataset_config`).
 
     Args:
         config_file: a yaml config; "" keeps the defaults.
         opts: ``KEY VALUE`` pairs merged last.
 
     Raises:
-        ConfigError: naming the file (or the override) and the unknown or invalid key.
+        ConfigError: naming the file (or the override) and the unknown or invalid key, or the
+            dataset key and entry that cannot be used.
     """
     from detectron2.config import get_cfg
+
+    from mayolact.data.datasets import apply_dataset_config
 
     cfg = get_cfg()
     add_mayolact_config(cfg)
@@ -154,7 +159,10 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()):
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError, TypeError) as e:
         raise ConfigError(f"command-line override {list(opts)}: {e}") from e
-    return cfg
+    try:
+        return apply_dataset_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def load_rows(rows_file: str) -> Dict[str, Dict]:
