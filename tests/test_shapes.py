@@ -219,3 +219,17 @@ def test_coco_evaluator_perfect_predictions(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_generation_reports_progress(caplog, monkeypatch):
+    """Long generations log every 10%; short ones stay silent."""
+    monkeypatch.setattr(shapes, "PROGRESS_MIN_IMAGES", 20)
+    with caplog.at_level("INFO", logger="mayolact.data.shapes"):
+        generate_shapes_dicts(20, 32, seed=0, min_objects=1, max_objects=1)
+    lines = [r.getMessage() for r in caplog.records if "images (" in r.getMessage()]
+    assert [line.split(",")[0] for line in lines] == [
+        f"shapes: {i}/20 images ({5 * i}%)" for i in range(2, 20, 2)]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mayolact.data.shapes"):
+        generate_shapes_dicts(19, 32, seed=0, min_objects=1, max_objects=1)
+    assert not caplog.records

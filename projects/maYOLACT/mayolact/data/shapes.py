@@ -53,6 +53,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -92,6 +93,9 @@ SHAPES_COLORS = [
     (220, 20, 60), (0, 130, 200), (60, 180, 75), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (128, 128, 0),
 ]
+
+#: :func:`generate_shapes_dicts` logs its progress for sets of at least this many images.
+PROGRESS_MIN_IMAGES = 100
 
 _DEFAULTS = dict(
     min_objects=2,
@@ -411,7 +415,14 @@ def generate_shapes_dicts(num_images: int, image_size: int = 256, seed: int = 0,
     if image_dir is not None:
         Path(image_dir).mkdir(parents=True, exist_ok=True)
     dicts = []
-    for i in range(int(num_images)):
+    num_images = int(num_images)
+    # Progress every 10% for sets big enough to take a while (the default train set: ~30 s).
+    report_every = num_images // 10 if num_images >= PROGRESS_MIN_IMAGES else 0
+    start = time.perf_counter()
+    for i in range(num_images):
+        if report_every and i and i % report_every == 0:
+            logger.info("shapes: %d/%d images (%.0f%%), %.0f s", i, num_images,
+                        100.0 * i / num_images, time.perf_counter() - start)
         image, masks, classes, boxes = render_shapes_image(i, image_size, seed, **kwargs)
         if image_dir is not None:
             path = Path(image_dir) / f"{i:06d}.png"
