@@ -12,10 +12,13 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from mayolact.file_io import atomic_path
+from mayolact.file_io import atomic_path, write_image_atomic
+from mayolact.data.datasets import dataset_metadata
 from mayolact.predictor import YOLACTPredictor
 
-__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs"]
+__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file"]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -57,7 +60,10 @@ class Demo:
     def __init__(self, cfg, metadata_name: Optional[str] = None,
                  confidence_threshold: float = 0.3):
         names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
-        self.metadata = MetadataCatalog.get(metadata_name or (names[0] if names else "__unused"))
+        name = metadata_name or (names[0] if names else None)
+        # A registered COCO json knows its class names only once loaded: read them now, so that
+        # drawings show names, not class numbers.
+        self.metadata = dataset_metadata(name) if name else MetadataCatalog.get("__unused")
         self.predictor = YOLACTPredictor(cfg)
         self.input_format = cfg.INPUT.FORMAT
         self.threshold = confidence_threshold
