@@ -12,13 +12,11 @@ from detectron2.data import MetadataCatalog
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from mayolact.file_io import atomic_path, write_image_atomic
+from mayolact.file_io import atomic_path
 from mayolact.data.datasets import dataset_metadata
 from mayolact.predictor import YOLACTPredictor
 
-__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
