@@ -1,17 +1,25 @@
-"""Shared pytest fixtures: paths to ../shared data (tests that need it skip when it is absent)."""
+"""Shared pytest fixtures and the test session's environment.
+
+Before anything imports ``mayolact``, the session points ``$MAYOLACT_CACHE`` at a temporary folder
+(removed at the end) and shrinks the built-in shapes sets (see ``common.SESSION_SHAPES``), so no
+test writes to the user's cache or generates the full 2000-image set. Tests that need
+``../shared/data`` skip when it is absent (fixture ``coco_mini``).
+"""
 import os
-from pathlib import Path
+import shutil
+import tempfile
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from common import SESSION_SHAPES, coco_mini_root
+
+_SESSION_CACHE = tempfile.mkdtemp(prefix="mayolact-tests-")
+os.environ["MAYOLACT_CACHE"] = _SESSION_CACHE
+os.environ.update(SESSION_SHAPES)
 
 
-def coco_mini_root():
-    """``$MAYOLACT_COCO_MINI`` or ``../shared/data/coco_mini`` beside the repository, or None."""
-    env = os.environ.get("MAYOLACT_COCO_MINI")
-    root = Path(env) if env else REPO.parent / "shared" / "data" / "coco_mini"
-    return root if (root / "annotations" / "instances_val2017.json").is_file() else None
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

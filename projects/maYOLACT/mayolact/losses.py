@@ -97,6 +97,7 @@ def ohem_softmax_cross_entropy(
     *,
     neg_pos_ratio: float = 3,
     normalizer: Optional[Tensor] = None,
+    reduction: str = "sum",
 ) -> Tensor:
     """Softmax cross entropy with online hard negative mining, as mmdet's YOLACT (SPEC 7.1).
 
@@ -109,10 +110,19 @@ def ohem_softmax_cross_entropy(
         labels (Tensor): (N, R) or (R,) int labels in {-1, 0..K}.
         neg_pos_ratio (float): hard negatives per positive.
         normalizer (Tensor or float or None): the divisor; P by default.
+        reduction (str): "sum" (the loss above) or "none": the CE of every anchor, (N, R) or (R,)
+            as ``labels``, 0 where ignored, before the selection; the "sum" loss is
+            ``sum(ce * ohem_selection(ce, labels, K, neg_pos_ratio)) / normalizer``.
 
     Returns:
-        Tensor: float32 scalar.
+        Tensor: float32 scalar ("sum") or per-anchor CE ("none").
     """
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"ohem_softmax_cross_entropy: reduction must be 'sum' or 'none', got "
+                         f"{reduction!r}")
+    per_anchor = reduction == "none"
+    if per_anchor and logits.dim() == 2:
+        return ohem_softmax_cross_entropy(logits[None], labels[None], reduction="none")[0]
     if logits.dim() == 2:
         logits, labels = logits[None], labels[None]
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
@@ -132,6 +142,8 @@ def ohem_softmax_cross_entropy(
     ce = F.cross_entropy(
         logits.float().flatten(0, 1), labels.clamp(min=0).flatten(), reduction="none"
     ).view(labels.shape)
+    if per_anchor:
+        return torch.where(labels >= 0, ce, ce.new_zeros(()))
     selected = ohem_selection(ce.detach(), labels, num_classes, neg_pos_ratio)
     if normalizer is None:
         normalizer = positive_normalizer(labels, num_classes)
@@ -147,6 +159,7 @@ def smooth_l1_box_loss(
     beta: float = 1.0,
     normalizer=1.0,
     loss_weight: float = 1.0,
+    reduction: str = "sum",
 ) -> Tensor:
     """SmoothL1 on encoded deltas of the positive anchors, summed, divided by ``normalizer``.
 
@@ -161,10 +174,14 @@ def smooth_l1_box_loss(
         beta (float): SmoothL1 beta.
         normalizer (Tensor or float): the divisor (P).
         loss_weight (float): multiplier.
+        reduction (str): "sum" (the loss above) or "none": ``loss_weight * sum_{4 coords}
+            smoothL1`` of each anchor, (M,), not normalised (their sum / ``normalizer`` is "sum").
 
     Returns:
-        Tensor: float32 scalar; ``0 * sum(pred_deltas)`` when M = 0.
+        Tensor: float32 scalar ("sum"; ``0 * sum(pred_deltas)`` when M = 0) or (M,) ("none").
     """
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"smooth_l1_box_loss: reduction must be 'sum' or 'none', got {reduction!r}")
     if pred_deltas.shape != anchors.shape or pred_deltas.shape != target_boxes.shape or (
         pred_deltas.dim() != 2 or pred_deltas.shape[1] != 4
     ):
@@ -173,6 +190,12 @@ def smooth_l1_box_loss(
             f"{tuple(pred_deltas.shape)}, {tuple(anchors.shape)}, {tuple(target_boxes.shape)}"
         )
     pred_deltas = pred_deltas.float()
+    if reduction == "none":
+        if pred_deltas.shape[0] == 0:
+            return pred_deltas.sum(dim=1)
+        targets = box2box_transform.get_deltas(anchors.float(), target_boxes.float())
+        return smooth_l1_loss(pred_deltas, targets, beta=beta, reduction="none").sum(dim=1) * (
+            loss_weight)
     if pred_deltas.shape[0] == 0:
         return pred_deltas.sum() * 0.0
     targets = box2box_transform.get_deltas(anchors.float(), target_boxes.float())
@@ -199,7 +222,8 @@ def yolact_mask_loss(
     crop_padding: int = 1,
     outside_positive_loss: float = 100.0,
     generator: Optional[torch.Generator] = None,
-) -> Tensor:
+    reduction: str = "mean",
+):
     """YOLACT's prototype mask loss (SPEC 7.3), with BCE on logits (AMP-safe).
 
     For image i, at most ``max_masks`` positives (a random subset otherwise) each give
@@ -229,10 +253,16 @@ def yolact_mask_loss(
         crop_padding (int): crop padding in prototype pixels.
         outside_positive_loss (float): loss of a target-1 pixel outside the crop.
         generator (torch.Generator or None): for the random subset.
+        reduction (str): "mean" (the loss above) or "none": the loss ``l`` of EVERY positive (no
+            random subset), N float32 tensors (n_i,); when no image has more than ``max_masks``
+            positives, "mean" is their sum / T.
 
     Returns:
-        Tensor: float32 scalar.
+        Tensor: float32 scalar ("mean") or list[Tensor] ("none").
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"yolact_mask_loss: reduction must be 'mean' or 'none', got {reduction!r}")
+    per_positive = []  # reduction "none"
     if prototypes.dim() != 4:
         raise ValueError(
             f"yolact_mask_loss: prototypes must be (N, k, Hp, Wp), got {tuple(prototypes.shape)}")
@@ -254,6 +284,7 @@ def yolact_mask_loss(
         total = total + coeffs.float().sum() * 0.0
         n = coeffs.shape[0]
         if n == 0:
+            per_positive.append(coeffs.float().sum(dim=1))
             continue
         masks, boxes = gt_masks[i], gt_boxes[i]
         if masks.dim() != 3 or tuple(masks.shape[1:]) != (img_h, img_w):
@@ -261,7 +292,7 @@ def yolact_mask_loss(
                 f"yolact_mask_loss: image {i}: gt_masks must be (G, {img_h}, {img_w}), "
                 f"got {tuple(masks.shape)}"
             )
-        if max_masks > 0 and n > max_masks:
+        if max_masks > 0 and n > max_masks and reduction == "mean":
             select = torch.randperm(n, generator=generator)[:max_masks].to(coeffs.device)
             coeffs, gt_idx = coeffs[select], gt_idx[select]
             n = max_masks
@@ -282,7 +313,10 @@ def yolact_mask_loss(
         bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         pix = torch.where(inside, bce, targets * outside_positive_loss)
         per_inst = pix.mean(dim=(1, 2)) * loss_weight / rel_w / rel_h
+        per_positive.append(per_inst)
         total = total + per_inst.sum()
+    if reduction == "none":
+        return per_positive
     return total / max(num_total, 1)
 
 

@@ -34,6 +34,7 @@ from detectron2.utils.events import get_event_storage
 from mayolact.data.datasets import resolve_num_classes
 from mayolact.head import YOLACTHead
 from mayolact.losses import (
+    ohem_selection,
     ohem_softmax_cross_entropy,
     positive_normalizer,
     semantic_seg_loss,
@@ -244,18 +245,11 @@ class YOLACT(DenseDetector):
         Returns:
             dict[str, Tensor] of losses in training; list[dict] with "instances" at test time.
         """
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        head_features = [features[f] for f in self.head_in_features]
-        predictions = self.head(head_features)
-        proto_features = features[self.proto_in_feature]
-        prototypes = self.protonet(proto_features)
+        images, head_features, predictions, proto_features, prototypes = self._run_network(
+            batched_inputs)
 
         if self.training:
-            missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
-            if missing:
-                raise ValueError(f"YOLACT: training inputs {missing} have no 'instances'")
-            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            gt_instances = self._gt_instances(batched_inputs)
             semseg_logits = None
             if self.semseg_head is not None:
                 semseg_logits = self.semseg_head(proto_features)
@@ -284,7 +278,54 @@ class YOLACT(DenseDetector):
                 r, prototypes[i], height, width, mask_threshold=self.mask_threshold)})
         return processed
 
+    def _run_network(self, batched_inputs: List[Dict[str, Tensor]]):
+        """Backbone, head and protonet on a batch: (images, head features, predictions, protonet
+        input, prototypes), as :meth:`forward` and :meth:`per_anchor_losses` use them."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        head_features = [features[f] for f in self.head_in_features]
+        predictions = self.head(head_features)
+        proto_features = features[self.proto_in_feature]
+        prototypes = self.protonet(proto_features)
+        return images, head_features, predictions, proto_features, prototypes
+
+    def _gt_instances(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Instances]:
+        missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
+        if missing:
+            raise ValueError(f"YOLACT: training inputs {missing} have no 'instances'")
+        return [x["instances"].to(self.device) for x in batched_inputs]
+
     # --------------------------------------------------------------- training
+    def per_anchor_losses(self, batched_inputs: List[Dict[str, Tensor]],
+                          anchor_matcher=None) -> Dict[str, Tensor]:
+        """The training losses of every anchor of a batch, before any weighting or reduction.
+
+        The training forward itself (network, anchors, :meth:`label_anchors` and the loss
+        functions of :meth:`losses`, with ``reduction="none"``), in the model's current mode; for
+        analysis, e.g. the paper's Figure 2 (:mod:`mayolact.analysis.losses`). The training losses
+        are these values reduced: ``loss_cls = cls_loss_weight * sum(loss_cls[cls_selected]) / P``,
+        ``loss_box_reg = box_loss_weight * sum(loss_box_reg) / P`` and, when no image has more
+        than ``max_masks_train`` positives, ``loss_mask = mask_loss_weight * sum(loss_mask) / T``
+        with T the number of positives (at least 1).
+
+        Args:
+            batched_inputs (list[dict]): N training inputs (``image`` and ``instances``).
+            anchor_matcher: labels the anchors instead of the model's matcher (same call contract,
+                see ``ANCHOR_MATCHER_REGISTRY``).
+
+        Returns:
+            dict[str, Tensor]: ``anchors`` (R, 4), levels concatenated; ``labels`` and
+            ``matched_idxs`` (N, R) of :meth:`label_anchors`; ``loss_cls`` (N, R) softmax CE (0
+            where ignored) and ``cls_selected`` (N, R) bool, the anchors OHEM keeps;
+            ``loss_box_reg`` (N, R) SmoothL1 summed over the 4 deltas and ``loss_mask`` (N, R), both
+            0 off the positives; ``normalizer``, P.
+        """
+        images, head_features, predictions, _, prototypes = self._run_network(batched_inputs)
+        return self.forward_training(
+            images, head_features, predictions, self._gt_instances(batched_inputs),
+            prototypes=prototypes, anchor_matcher=anchor_matcher, reduction="none",
+        )
+
     def forward_training(
         self,
         images: ImageList,
@@ -293,6 +334,8 @@ class YOLACT(DenseDetector):
         gt_instances: List[Instances],
         prototypes: Optional[Tensor] = None,
         semseg_logits: Optional[Tensor] = None,
+        anchor_matcher=None,
+        reduction: str = "sum",
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -302,10 +345,12 @@ class YOLACT(DenseDetector):
             gt_instances (list[Instances]): N ground truths on the model's device.
             prototypes (Tensor): (N, k, Hp, Wp).
             semseg_logits (Tensor or None): (N, K, H3, W3).
+            anchor_matcher: see :meth:`label_anchors`.
+            reduction (str): see :meth:`losses`.
 
         Returns:
             dict[str, Tensor]: loss_cls, loss_box_reg, loss_mask and (with the semantic head)
-            loss_semseg.
+            loss_semseg; with ``reduction="none"`` see :meth:`per_anchor_losses`.
         """
         image_size = tuple(images.tensor.shape[-2:])
         for i, inst in enumerate(gt_instances):
@@ -319,27 +364,29 @@ class YOLACT(DenseDetector):
         logits, deltas, coeffs = self._transpose_dense_predictions(
             predictions, [self.num_classes + 1, 4, self.num_prototypes])
         anchors = self.anchor_generator(features)
-        gt_labels, matched_idxs = self.label_anchors(anchors, gt_instances)
+        gt_labels, matched_idxs = self.label_anchors(anchors, gt_instances, anchor_matcher)
         return self.losses(
             anchors, logits, deltas, coeffs, gt_labels, matched_idxs, gt_instances,
-            prototypes, semseg_logits, image_size,
+            prototypes, semseg_logits, image_size, reduction=reduction,
         )
 
     @torch.no_grad()
     def label_anchors(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
+        self, anchors: List[Boxes], gt_instances: List[Instances], anchor_matcher=None
     ) -> Tuple[List[Tensor], List[Tensor]]:
         """Assign each anchor of each image a class target and a GT.
 
         Args:
             anchors (list[Boxes]): L levels of anchors (Hi*Wi*A, 4), the same for all images.
             gt_instances (list[Instances]): N ground truths.
+            anchor_matcher: a matcher to use instead of the model's (same call contract).
 
         Returns:
             gt_labels (list[Tensor]): N int64 (R,) in {-1 ignore, 0..K-1 foreground, K background}.
             matched_idxs (list[Tensor]): N int64 (R,), the GT index of each anchor (meaningful only
                 for foreground anchors).
         """
+        matcher = self.anchor_matcher if anchor_matcher is None else anchor_matcher
         num_anchors = sum(len(a) for a in anchors)
         gt_labels, matched_idxs = [], []
         for inst in gt_instances:
@@ -350,14 +397,14 @@ class YOLACT(DenseDetector):
                     torch.zeros((num_anchors,), dtype=torch.int64, device=self.device))
                 continue
             kwargs = {}
-            if self.anchor_matcher.needs_masks:
+            if matcher.needs_masks:
                 masks = inst.gt_masks.tensor
                 if inst.has("gt_integral_images"):
                     ii = inst.gt_integral_images
                 else:  # the mapper did not precompute them (INPUT.YOLACT.INTEGRAL_IMAGES off)
                     ii = integral_images(masks)
                 kwargs = {"integral_masks": ii, "gt_masks": masks}
-            matches, match_labels = self.anchor_matcher(anchors, inst.gt_boxes, **kwargs)
+            matches, match_labels = matcher(anchors, inst.gt_boxes, **kwargs)
             labels = inst.gt_classes[matches].clone()
             labels[match_labels == 0] = self.num_classes
             labels[match_labels == -1] = -1
@@ -377,6 +424,7 @@ class YOLACT(DenseDetector):
         prototypes: Tensor,
         semseg_logits: Optional[Tensor],
         image_size: Tuple[int, int],
+        reduction: str = "sum",
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -387,32 +435,36 @@ class YOLACT(DenseDetector):
             prototypes (Tensor): (N, k, Hp, Wp).
             semseg_logits (Tensor or None): (N, K, H3, W3).
             image_size (tuple[int, int]): (S_h, S_w).
+            reduction (str): "sum": the weighted training losses; "none": every anchor's
+                unweighted terms, before OHEM, the mask subset and the normaliser (see
+                :meth:`per_anchor_losses`).
 
         Returns:
-            dict[str, Tensor]: the weighted losses.
+            dict[str, Tensor]: the weighted losses ("sum"), or the per-anchor terms ("none").
         """
+        if reduction not in ("sum", "none"):
+            raise ValueError(f"YOLACT.losses: reduction must be 'sum' or 'none', got {reduction!r}")
         num_images = len(gt_labels)
         labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = (labels >= 0) & (labels < self.num_classes)
+        normalizer = positive_normalizer(labels, self.num_classes)
+        if reduction == "none":
+            return self._per_anchor_terms(
+                anchors, logits, deltas, coeffs, labels, torch.stack(matched_idxs), gt_instances,
+                prototypes, image_size, normalizer)
         num_pos = pos_mask.sum()
         storage = _current_storage()
         if storage is not None:
             storage.put_scalar("num_pos_anchors", num_pos.item() / num_images)
-        normalizer = positive_normalizer(labels, self.num_classes)
 
         loss_cls = ohem_softmax_cross_entropy(
             cat(logits, dim=1), labels, neg_pos_ratio=self.neg_pos_ratio, normalizer=normalizer
         ) * self.cls_loss_weight
 
         matched = torch.stack(matched_idxs)  # (N, R)
-        img_idx, anchor_idx = pos_mask.nonzero(as_tuple=True)
-        gt_counts = torch.tensor([len(x) for x in gt_instances], device=labels.device)
-        gt_offsets = torch.cumsum(gt_counts, 0) - gt_counts
-        all_gt_boxes = cat([x.gt_boxes.tensor for x in gt_instances], dim=0)
-        target_boxes = all_gt_boxes[gt_offsets[img_idx] + matched[img_idx, anchor_idx]]
-        all_anchors = Boxes.cat(anchors).tensor
+        pos_anchors, target_boxes = self._positive_targets(anchors, pos_mask, matched, gt_instances)
         loss_box = smooth_l1_box_loss(
-            cat(deltas, dim=1)[pos_mask], all_anchors[anchor_idx], target_boxes,
+            cat(deltas, dim=1)[pos_mask], pos_anchors, target_boxes,
             self.box2box_transform, beta=self.smooth_l1_beta, normalizer=normalizer,
             loss_weight=self.box_loss_weight,
         )
@@ -436,6 +488,51 @@ class YOLACT(DenseDetector):
                 loss_weight=self.semseg_loss_weight,
             )
         return out
+
+    @staticmethod
+    def _positive_targets(anchors: List[Boxes], pos_mask: Tensor, matched: Tensor,
+                          gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
+        """The positives' anchors and matched GT boxes, (M, 4) each, in ``pos_mask`` order."""
+        img_idx, anchor_idx = pos_mask.nonzero(as_tuple=True)
+        gt_counts = torch.tensor([len(x) for x in gt_instances], device=pos_mask.device)
+        gt_offsets = torch.cumsum(gt_counts, 0) - gt_counts
+        all_gt_boxes = cat([x.gt_boxes.tensor for x in gt_instances], dim=0)
+        target_boxes = all_gt_boxes[gt_offsets[img_idx] + matched[img_idx, anchor_idx]]
+        return Boxes.cat(anchors).tensor[anchor_idx], target_boxes
+
+    def _per_anchor_terms(self, anchors, logits, deltas, coeffs, labels, matched, gt_instances,
+                          prototypes, image_size, normalizer) -> Dict[str, Tensor]:
+        """``losses(reduction="none")``: the loss functions' per-anchor values, unweighted."""
+        num_images = labels.shape[0]
+        pos_mask = (labels >= 0) & (labels < self.num_classes)
+        loss_cls = ohem_softmax_cross_entropy(cat(logits, dim=1), labels, reduction="none")
+        pos_anchors, target_boxes = self._positive_targets(anchors, pos_mask, matched, gt_instances)
+        loss_box = loss_cls.new_zeros(labels.shape)
+        loss_box[pos_mask] = smooth_l1_box_loss(
+            cat(deltas, dim=1)[pos_mask], pos_anchors, target_boxes, self.box2box_transform,
+            beta=self.smooth_l1_beta, reduction="none")
+        all_coeffs = cat(coeffs, dim=1)  # (N, R, k)
+        loss_mask = loss_cls.new_zeros(labels.shape)
+        loss_mask[pos_mask] = cat(yolact_mask_loss(
+            prototypes,
+            [all_coeffs[i][pos_mask[i]] for i in range(num_images)],
+            [matched[i][pos_mask[i]] for i in range(num_images)],
+            [x.gt_masks.tensor for x in gt_instances],
+            [x.gt_boxes.tensor for x in gt_instances],
+            image_size,
+            reduction="none",
+        ))
+        return {
+            "anchors": Boxes.cat(anchors).tensor,
+            "labels": labels,
+            "matched_idxs": matched,
+            "loss_cls": loss_cls,
+            "cls_selected": ohem_selection(loss_cls.detach(), labels, self.num_classes,
+                                           self.neg_pos_ratio),
+            "loss_box_reg": loss_box,
+            "loss_mask": loss_mask,
+            "normalizer": normalizer,
+        }
 
     # -------------------------------------------------------------- inference
     def forward_inference(

@@ -1,0 +1,289 @@
+"""The paper's figures as sub-commands of ``tools/plot_figures.py``: options, tables and drawing.
+
+Each sub-command computes the numbers (:mod:`mayolact.analysis.overlaps`,
+:mod:`mayolact.analysis.losses`), prints them, writes a PNG atomically and returns the numbers:
+
+* ``mob-histogram`` (Figure 3a): MOB ratios of the ground truths;
+* ``iou-vs-maiou`` (Figure 3c): IoU vs maIoU of every (GT, anchor) pair with IoU > 0;
+* ``anchor-disagreement`` (Figure 1): anchors on which IoU and maIoU disagree most;
+* ``losses-by-mob`` (Figure 2): a trained model's per-anchor losses by the anchors' MOB ratio.
+"""
+import argparse
+import logging
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from mayolact.analysis import plots
+from mayolact.analysis.inputs import figure_mapper, mapped_batches
+from mayolact.analysis.losses import losses_by_mob
+from mayolact.analysis.overlaps import disagreement_examples, gt_mob_ratios, iou_maiou_pairs
+from mayolact.config import load_config
+
+__all__ = [
+    "FIGURES",
+    "add_figure_arguments",
+    "build_parser",
+    "run",
+    "build_trained_model",
+    "draw_example",
+    "losses_by_mob_figure",
+    "print_losses_table",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def add_figure_arguments(parser: argparse.ArgumentParser, *, dataset: Optional[List[str]],
+                         output: str, num_images: Optional[int], config_file: Optional[str],
+                         config_help: str = "config with the anchors and the input size") -> None:
+    """The options every figure shares: ``--dataset``, ``--num-images``, ``--output`` and, with a
+    ``config_file`` default ("" = required), ``--config-file``, ``--size`` and config overrides."""
+    parser.add_argument("--dataset", nargs="+", default=dataset,
+                        help="registered dataset name(s)" + (
+                            "" if dataset else " (default: the config's DATASETS.TEST[0])"))
+    parser.add_argument("--num-images", type=int, default=num_images,
+                        help="use the first N images of each dataset")
+    parser.add_argument("--output", default=output, help="PNG path")
+    if config_file is not None:
+        parser.add_argument("--config-file", default=config_file or None,
+                            required=not config_file, help=config_help)
+        parser.add_argument("--size", type=int, default=None,
+                            help="input size S (default: the config's INPUT.YOLACT.SIZE)")
+        parser.add_argument("opts", nargs=argparse.REMAINDER,
+                            help="config overrides as KEY VALUE pairs")
+
+
+def _config(args):
+    cfg = load_config(args.config_file, args.opts)
+    if args.size:
+        cfg.INPUT.YOLACT.SIZE = int(args.size)
+    return cfg
+
+
+# ---------------------------------------------------------------------------- Figure 3a
+def _mob_histogram_arguments(p, default_config):
+    add_figure_arguments(p, dataset=["coco_mini_train", "mayolact_shapes_train"],
+                         output="output/figures/mob_histogram.png", num_images=None,
+                         config_file=None)
+    p.add_argument("--size", type=int, default=None,
+                   help="squash the GTs to SIZE x SIZE first, as the network sees them")
+    p.add_argument("--bins", type=int, default=10, help="histogram bins over [0, 1]")
+
+
+def _mob_histogram(args) -> Dict[str, np.ndarray]:
+    edges = np.linspace(0.0, 1.0, args.bins + 1)
+    ratios = {name: gt_mob_ratios(name, size=args.size, num_images=args.num_images)
+              for name in args.dataset}
+    print(f"{'dataset':<28}{'GTs':>8}{'MOB<0.5':>10}{'mean':>8}{'median':>8}")
+    for name, r in ratios.items():
+        below = 100.0 * (r < 0.5).mean() if len(r) else float("nan")
+        mean = r.mean() if len(r) else float("nan")
+        med = np.median(r) if len(r) else float("nan")
+        print(f"{name:<28}{len(r):>8d}{below:>9.1f}%{mean:>8.3f}{med:>8.3f}")
+    print("\n% of GTs per MOB bin")
+    print(f"{'bin':<12}" + "".join(f"{n[:18]:>20}" for n in ratios))
+    hists = {n: np.histogram(np.clip(r, 0.0, 1.0), bins=edges)[0] for n, r in ratios.items()}
+    for j in range(args.bins):
+        row = f"{edges[j]:.2f}-{edges[j + 1]:.2f}".ljust(12)
+        for n, r in ratios.items():
+            row += f"{100.0 * hists[n][j] / max(len(r), 1):>19.1f}%"
+        print(row)
+    print(f"\nwrote {plots.plot_mob_histogram(ratios, edges, args.output)}")
+    return ratios
+
+
+# ---------------------------------------------------------------------------- Figure 3c
+def _iou_vs_maiou_arguments(p, default_config):
+    add_figure_arguments(p, dataset=["coco_mini_val"], output="output/figures/iou_vs_maiou.png",
+                         num_images=None, config_file=default_config)
+    p.add_argument("--bins", type=int, default=50, help="bins per axis")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="threshold used to count disagreements (IoU < t <= maIoU and vice versa)")
+
+
+def _iou_vs_maiou(args) -> Dict[str, np.ndarray]:
+    cfg = _config(args)
+    pairs = iou_maiou_pairs(args.dataset, cfg, num_images=args.num_images)
+    iou, maiou = pairs["iou"], pairs["maiou"]
+    n, t, size = len(iou), args.threshold, cfg.INPUT.YOLACT.SIZE
+    print(f"dataset(s): {', '.join(args.dataset)}; input {size}x{size}; "
+          f"anchors: {cfg.MODEL.ANCHOR_GENERATOR.NAME} sizes {cfg.MODEL.ANCHOR_GENERATOR.SIZES}")
+    print(f"pairs with IoU > 0: {n} ({len(np.unique(pairs['image']))} images)")
+    if n:
+        r = np.corrcoef(iou, maiou)[0, 1] if n > 1 else float("nan")
+        print(f"Pearson r(IoU, maIoU) = {r:.3f}; maIoU > IoU on {100 * (maiou > iou).mean():.1f}% "
+              "of the pairs")
+        up = ((iou < t) & (maiou >= t)).sum()
+        down = ((iou >= t) & (maiou < t)).sum()
+        print(f"IoU < {t} <= maIoU: {up} pairs ({100 * up / n:.2f}%);  "
+              f"maIoU < {t} <= IoU: {down} pairs ({100 * down / n:.2f}%)")
+    edges5 = np.linspace(0, 1, 6)
+    grid, _, _ = np.histogram2d(iou, np.clip(maiou, 0, 1), bins=[edges5, edges5])
+    print("\ncounts: rows IoU bins, columns maIoU bins")
+    print(" " * 12 + "".join(f"{f'{a:.1f}-{b:.1f}':>11}" for a, b in zip(edges5[:-1], edges5[1:])))
+    for j in range(5):
+        print(f"{edges5[j]:.1f}-{edges5[j + 1]:.1f}".ljust(12)
+              + "".join(f"{int(c):>11d}" for c in grid[j]))
+    title = f"{', '.join(args.dataset)}: {n} pairs, S={size}"
+    print(f"\nwrote {plots.plot_iou_vs_maiou(iou, maiou, args.bins, t, title, args.output)}")
+    return pairs
+
+
+# ----------------------------------------------------------------------------- Figure 1
+def _anchor_disagreement_arguments(p, default_config):
+    add_figure_arguments(p, dataset=["coco_mini_val"],
+                         output="output/figures/anchor_disagreement.png", num_images=50,
+                         config_file=default_config)
+    p.add_argument("--num-show", type=int, default=3, help="examples shown per direction")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="left column: IoU < t; right column: IoU >= t (negative: no condition)")
+
+
+def draw_example(example: Dict, metadata) -> np.ndarray:
+    """The network's input of an example with its GT (mask and box), the anchor and the two
+    scores, as an RGB array (enlarged to about 400 px)."""
+    from detectron2.utils.visualizer import Visualizer
+
+    mapped = figure_mapper(example["size"])(example["record"])
+    image = mapped["image"].permute(1, 2, 0).numpy().clip(0, 255).astype(np.uint8)  # RGB
+    inst = mapped["instances"]
+    vis = Visualizer(image, metadata, scale=max(1.0, 400.0 / example["size"]))
+    vis.draw_binary_mask(inst.gt_masks.tensor[example["gt"]].numpy(), color="lime", alpha=0.35)
+    vis.draw_box(example["gt_box"], alpha=1.0, edge_color="lime")
+    vis.draw_box(example["anchor_box"], alpha=1.0, edge_color="red", line_style="--")
+    classes = metadata.get("thing_classes", None)
+    cls = int(inst.gt_classes[example["gt"]])
+    name = classes[cls] if classes and cls < len(classes) else str(cls)
+    text = f"{name}: IoU {example['iou']:.2f}  maIoU {example['maiou']:.2f}"
+    vis.draw_text(text, (4, 4), color="white", horizontal_alignment="left")
+    return vis.output.get_image()
+
+
+def _anchor_disagreement(args) -> Dict[str, List[Dict]]:
+    from detectron2.data import MetadataCatalog
+
+    cfg = _config(args)
+    threshold = args.iou_threshold if args.iou_threshold >= 0 else None
+    examples = disagreement_examples(args.dataset, cfg, num_images=args.num_images,
+                                     iou_threshold=threshold)
+    shown = {}
+    for kind, _ in plots.FIGURE1_KINDS:
+        ex = sorted((e for e in examples if e["kind"] == kind), key=lambda e: -e["gap"])
+        shown[kind] = ex[:args.num_show]
+    size = cfg.INPUT.YOLACT.SIZE
+    print(f"dataset(s): {', '.join(args.dataset)}; input {size}x{size}; anchors "
+          f"{cfg.MODEL.ANCHOR_GENERATOR.SIZES}; {len(examples)} candidate examples")
+    print(f"{'kind':<14}{'image':>6}{'gt':>4}{'IoU':>7}{'maIoU':>7}{'gap':>7}{'MOB(gt)':>9}"
+          f"{'MOB(anc)':>9}  file")
+    for kind, _ in plots.FIGURE1_KINDS:
+        for e in shown[kind]:
+            print(f"{kind:<14}{e['image']:>6d}{e['gt']:>4d}{e['iou']:>7.3f}{e['maiou']:>7.3f}"
+                  f"{e['gap']:>7.3f}{e['gt_mob']:>9.3f}{e['anchor_mob']:>9.3f}  "
+                  f"{os.path.basename(e['record']['file_name'])}")
+    metadata = MetadataCatalog.get(args.dataset[0])
+    drawings = {(kind, r): draw_example(e, metadata)
+                for kind, examples in shown.items() for r, e in enumerate(examples)}
+    print(f"\nwrote {plots.plot_anchor_disagreement(shown, drawings, args.output)}")
+    return shown
+
+
+# ----------------------------------------------------------------------------- Figure 2
+def _losses_by_mob_arguments(p, default_config):
+    add_figure_arguments(p, dataset=None, output="output/figures/losses_by_mob.png",
+                         num_images=100, config_file="",
+                         config_help="the trained model's config (MODEL.WEIGHTS: its weights)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--bins", type=int, default=10, help="MOB bins over [0, 1]")
+    p.add_argument("--pos-iou", type=float, nargs=2, default=(0.5, 0.7),
+                   help="positives: best IoU in [a, b]")
+    p.add_argument("--neg-iou", type=float, nargs=2, default=(0.3, 0.5),
+                   help="negatives: best IoU in [a, b)")
+
+
+def build_trained_model(cfg):
+    """``build_model(cfg)`` in eval mode with ``cfg.MODEL.WEIGHTS`` loaded (if set)."""
+    from detectron2.modeling import build_model
+
+    from mayolact.checkpoint import YOLACTCheckpointer
+
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        YOLACTCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: the figure shows a randomly initialised model")
+    return model.eval()
+
+
+def print_losses_table(result: Dict) -> None:
+    """Print mean +- std (count) per MOB bin for every panel of Figure 2."""
+    bins = result["bins"]
+    print(f"{'MOB bin':<12}" + "".join(f"{name:>24}" for name, _ in plots.FIGURE2_PANELS))
+    for j in range(len(bins) - 1):
+        row = f"{bins[j]:.2f}-{bins[j + 1]:.2f}".ljust(12)
+        for name, _ in plots.FIGURE2_PANELS:
+            s = result[name]
+            cell = (f"{s['mean'][j]:.3f}+-{s['std'][j]:.3f} ({s['count'][j]})"
+                    if s["count"][j] else "-")
+            row += f"{cell:>24}"
+        print(row)
+    raw = result["raw"]
+    print(f"anchors: {len(raw['neg_cls'])} negatives, {len(raw['pos_cls'])} positives")
+
+
+def losses_by_mob_figure(model, cfg, args) -> Dict:
+    """Compute, print and plot Figure 2 for ``model`` (in eval mode) on ``args.dataset``."""
+    dataset = args.dataset or [cfg.DATASETS.TEST[0]]
+    size = cfg.INPUT.YOLACT.SIZE
+    loader = mapped_batches(dataset, size, batch_size=args.batch_size, num_images=args.num_images,
+                            image_format=cfg.INPUT.FORMAT, num_classes=model.num_classes)
+    bins = np.linspace(0.0, 1.0, args.bins + 1)
+    result = losses_by_mob(model, loader, bins=bins, pos_iou=tuple(args.pos_iou),
+                           neg_iou=tuple(args.neg_iou))
+    print(f"dataset(s): {', '.join(dataset)}; input {size}x{size}; weights: "
+          f"{cfg.MODEL.WEIGHTS or '(random init)'}")
+    print_losses_table(result)
+    plots.plot_losses_by_mob(result, args.output, f"{', '.join(dataset)}, {args.num_images} images")
+    print(f"\nwrote {args.output}")
+    return result
+
+
+def _losses_by_mob(args) -> Dict:
+    import torch
+
+    cfg = _config(args)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":
+        logger.warning("no GPU: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    return losses_by_mob_figure(build_trained_model(cfg), cfg, args)
+
+
+#: name -> (help, add_arguments(parser, default_config), run(args)).
+FIGURES: Dict[str, tuple] = {
+    "mob-histogram": ("Figure 3a: MOB ratios |M| / |B| of the ground truths",
+                      _mob_histogram_arguments, _mob_histogram),
+    "iou-vs-maiou": ("Figure 3c: IoU vs maIoU of every (GT, anchor) pair with IoU > 0",
+                     _iou_vs_maiou_arguments, _iou_vs_maiou),
+    "anchor-disagreement": ("Figure 1: the anchors on which IoU and maIoU disagree most",
+                            _anchor_disagreement_arguments, _anchor_disagreement),
+    "losses-by-mob": ("Figure 2: a trained model's per-anchor losses by the anchors' MOB ratio",
+                      _losses_by_mob_arguments, _losses_by_mob),
+}
+
+
+def build_parser(default_config: str, description: str = "") -> argparse.ArgumentParser:
+    """One sub-command per figure of :data:`FIGURES`; ``default_config`` gives the anchors of the
+    figures without a model (e.g. ``configs/COCO-InstanceSegmentation/Base-YOLACT.yaml``)."""
+    parser = argparse.ArgumentParser(description=description)
+    sub = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    for name, (text, add_arguments, _) in FIGURES.items():
+        add_arguments(sub.add_parser(name, help=text, description=text), default_config)
+    return parser
+
+
+def run(argv: Optional[List[str]], default_config: str, description: str = ""):
+    """Parse ``argv`` and run the chosen figure; returns its numbers."""
+    args = build_parser(default_config, description).parse_args(argv)
+    return FIGURES[args.figure][2](args)
+

@@ -1,0 +1,137 @@
+"""The test harness every test module shares: paths, config and tiny-model builders, the tools of
+``tools/`` as modules or subprocesses, and small generated datasets.
+
+The session's environment (conftest.py) points ``$MAYOLACT_CACHE`` at a temporary folder and
+shrinks the built-in shapes sets (``mayolact_shapes_train`` 8 images, ``mayolact_shapes_val`` 4),
+so no test writes to the user's cache or generates the full sets.
+"""
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+CONFIGS = REPO / "configs"
+FULL = CONFIGS / "COCO-InstanceSegmentation"
+QUICK = CONFIGS / "quick_schedules"
+BASE_CONFIG = FULL / "Base-YOLACT.yaml"
+QUICK_CONFIG = QUICK / "yolact_R_50_FPN_quick_atss_maiou.yaml"
+#: The built-in shapes sets of a test session (conftest.py): images, side.
+SESSION_SHAPES = {"MAYOLACT_SHAPES_TRAIN_IMAGES": "8", "MAYOLACT_SHAPES_VAL_IMAGES": "4",
+                  "MAYOLACT_SHAPES_SIZE": "256"}
+
+
+def coco_mini_root():
+    """``$MAYOLACT_COCO_MINI`` or ``../shared/data/coco_mini`` beside the repository, or None."""
+    env = os.environ.get("MAYOLACT_COCO_MINI")
+    root = Path(env) if env else REPO.parent / "shared" / "data" / "coco_mini"
+    return root if (root / "annotations" / "instances_val2017.json").is_file() else None
+
+
+# ------------------------------------------------------------------------------ configs
+def get_config(config_file="", opts: Sequence = ()):
+    """The project's config loader (``mayolact.config.load_config``); opts may hold non-strings."""
+    from mayolact.config import load_config
+
+    return load_config(str(config_file) if config_file else "", [str(o) for o in opts])
+
+
+def tiny_config(variant: str = "atss_maiou", size: int = 128, num_classes: int = 3):
+    """A tiny YOLACT: R-18 at quarter width, 32-channel FPN, 8 prototypes, no DCN.
+
+    Args:
+        variant: "atss_maiou", "atss_iou", "fixed_iou" (YOLACT's anchors, from
+            ``configs/rows/assigners.yaml``) or "mayolact" (CARAFE FPN, two anchors per location).
+        size: the input side S.
+        num_classes: K.
+    """
+    from mayolact.config import merge_config_row
+
+    cfg = get_config(BASE_CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    y = cfg.MODEL.YOLACT
+    y.RESNET_WIDTH_SCALE = 0.25
+    y.NUM_CLASSES = num_classes
+    y.NUM_PROTOTYPES = 8
+    y.PROTO_CHANNELS = 16
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    cfg.INPUT.YOLACT.SIZE = size
+    rows = str(CONFIGS / "rows" / "assigners.yaml")
+    if variant == "fixed_iou":
+        merge_config_row(cfg, rows, "fixed_iou")
+    elif variant in ("atss_maiou", "atss_iou"):
+        merge_config_row(cfg, rows, variant)
+    elif variant == "mayolact":
+        merge_config_row(cfg, rows, "atss_maiou")
+        cfg.MODEL.BACKBONE.NAME = "build_yolact_resnet_carafe_fpn_backbone"
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[s, s * 2 ** 0.5] for s in (32, 64, 128, 256, 512)]
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    return cfg
+
+
+def build_tiny_model(cfg, seed: int = 0):
+    """``build_model(cfg)`` with a fixed seed."""
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(seed)
+    return build_model(cfg)
+
+
+# -------------------------------------------------------------------------------- tools
+_TOOLS: Dict[str, SimpleNamespace] = {}
+
+
+def load_tool(name: str) -> SimpleNamespace:
+    """A script of ``tools/`` run as a module (``runpy``, once per session): its functions and
+    constants as attributes. Nothing is added to ``sys.path`` or ``sys.modules``."""
+    if name not in _TOOLS:
+        _TOOLS[name] = SimpleNamespace(
+            **runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=f"tool_{name}"))
+    return _TOOLS[name]
+
+
+def tool_env(tmp_path, **overrides) -> Dict[str, str]:
+    """Environment of a tool subprocess: one thread, tiny shapes sets in a private cache."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MAYOLACT_CACHE=str(Path(tmp_path) / "cache"),
+        MAYOLACT_SHAPES_TRAIN_IMAGES="8",
+        MAYOLACT_SHAPES_VAL_IMAGES="4",
+        MAYOLACT_SHAPES_SIZE="128",
+        PYTHONWARNINGS="ignore",
+    )
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def run_tool(name: str, args: Sequence, tmp_path, timeout: float = 300,
+             **env) -> subprocess.CompletedProcess:
+    """``python tools/<name>.py args`` in ``tmp_path`` with :func:`tool_env`; output captured."""
+    return subprocess.run([PYTHON, str(REPO / "tools" / f"{name}.py"), *[str(a) for a in args]],
+                          cwd=str(tmp_path), env=tool_env(tmp_path, **env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------------- data
+def register_tiny_shapes(name: str, num_images: int, size: int, seed: int, cache_root) -> str:
+    """Register a shapes set under ``name`` (once per session) in ``cache_root``; returns name."""
+    from detectron2.data import DatasetCatalog
+
+    from mayolact.data.shapes import register_shapes
+
+    if name not in DatasetCatalog.list():
+        register_shapes(name, num_images, size, seed, cache_root=str(cache_root))
+    return name

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""The paper's figures, one sub-command each; every one prints its numbers and writes a PNG.
+
+    python tools/plot_figures.py mob-histogram --dataset coco_mini_train mayolact_shapes_train
+    python tools/plot_figures.py iou-vs-maiou --dataset coco_mini_val
+    python tools/plot_figures.py anchor-disagreement --dataset coco_mini_val --num-images 50
+    python tools/plot_figures.py losses-by-mob --config-file configs/shapes/mayolact_shapes_demo.yaml \\
+        --dataset mayolact_shapes_val MODEL.WEIGHTS output/demo/model_final.pth
+
+``python tools/plot_figures.py FIGURE --help`` lists a figure's options. The anchors of Figures 1
+and 3c come from ``--config-file`` (default ``Base-YOLACT.yaml``: one square anchor per location,
+550 x 550); Figure 2 needs the trained model's config.
+"""
+import logging
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import mayolact  # noqa: E402,F401  (registers the model and the datasets)
+from mayolact.analysis.figures import run  # noqa: E402
+from mayolact.config import ConfigError  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "COCO-InstanceSegmentation", "Base-YOLACT.yaml")
+
+
+def main(argv=None):
+    """Run one figure; returns its numbers (see ``mayolact.analysis.figures``)."""
+    return run(argv, DEFAULT_CONFIG, __doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
