@@ -11,7 +11,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import BottleneckBlock, build_resnet_backbone
 
-import mayolact.backbone  # noqa: F401  (registers the backbones)
 from mayolact.backbone.carafe import CARAFEUpsample
 from mayolact.backbone.carafe_fpn import CARAFEFPN
 from mayolact.backbone.fpn import YOLACTFPN

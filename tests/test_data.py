@@ -14,7 +14,6 @@ from detectron2.data.common import MapDataset
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from fvcore.transforms.transform import HFlipTransform, NoOpTransform
 
-import mayolact.data  # noqa: F401  (registers the datasets)
 from mayolact.config import add_mayolact_config
 from mayolact.data.augmentation import (
     Expand,

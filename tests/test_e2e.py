@@ -21,7 +21,6 @@ from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-import mayolact  # noqa: F401  (registers the model, backbones and datasets)
 from mayolact.backbone.carafe_fpn import CARAFEFPN
 from mayolact.backbone.resnet import ModulatedDeformConv2d
 from mayolact.data.dataset_mapper import YOLACTDatasetMapper

@@ -5,9 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-import mayolact.anchor_generator  # noqa: F401  (registers YOLACTAnchorGenerator)
-import mayolact.backbone  # noqa: F401  (registers the backbones)
-import mayolact.meta_arch  # noqa: F401  (registers YOLACT)
 from detectron2.config import get_cfg
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model

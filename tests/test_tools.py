@@ -22,7 +22,6 @@ import pytest
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 
-import mayolact  # noqa: F401  (registers everything)
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.shapes import register_shapes
 

@@ -283,7 +283,6 @@ def _train_batch(cfg, num_images, seed=0):
 
     from detectron2.data import DatasetCatalog
 
-    import mayolact  # noqa: F401  (registers the datasets)
     from mayolact.data import YOLACTDatasetMapper
 
     dataset = cfg.DATASETS.TRAIN[0]
@@ -309,7 +308,6 @@ def train_iteration_benchmark(args):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    import mayolact  # noqa: F401  (registers the model, backbones and datasets)
     from mayolact.data.datasets import coco_mini_root, register_coco_mini
     from mayolact.engine import build_yolact_optimizer
 
