@@ -1,0 +1,138 @@
+"""Against the peer itself: mmdetection 3.3 YOLACT R-50 with random weights vs. its conversion.
+
+``scripts/install_peer.sh`` (run by ``make test``) installs mmdetection 3.3.0, mmengine and mmcv-lite
+into ``.peer/site``, outside the project's environment; ``tests/peer/mmdet_yolact_oracle.py`` runs
+there in a subprocess: it builds ``yolact_r50_1xb8-55e_coco.py`` with seeded random weights and BN
+statistics, saves its checkpoint and runs mmdetection's test pipeline on a coco_mini image. Here the
+checkpoint is converted with ``tools/convert_weights.py mmdet`` into
+``yolact_R_50_FPN_550_fixediou.yaml`` and run through :class:`mayolact.predictor.YOLACTPredictor` on
+the same image. Skips when the peer or coco_mini is absent.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import mayolact  # noqa: F401
+from conftest import coco_mini_root
+from mayolact.checkpoint import YOLACTCheckpointer
+from mayolact.config import add_mayolact_config
+from mayolact.predictor import YOLACTPredictor
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_SITE = REPO / ".peer" / "site"
+PEER_HELPERS = Path(__file__).resolve().parent / "peer"
+CONFIG = REPO / "configs" / "COCO-InstanceSegmentation" / "yolact_R_50_FPN_550_fixediou.yaml"
+IMAGE = "val2017/000000000139.jpg"  # 426 x 640, not square: the squash and rescale matter
+
+
+def _peer_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PEER_SITE), str(PEER_HELPERS)])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    """(output folder, mmdetection's outputs, image path) of one oracle run."""
+    root = coco_mini_root()
+    if root is None:
+        pytest.skip("../shared/data/coco_mini is not present")
+    if not (PEER_SITE / "mmdet").is_dir():
+        pytest.skip("the mmdetection peer is not installed (bash scripts/install_peer.sh)")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mmcv_ext_stub, mmdet.models, mmengine.config"],
+        env=_peer_env(), capture_output=True, text=True, timeout=600)
+    if probe.returncode != 0:
+        pytest.skip("the mmdetection peer in .peer/site does not import: "
+                    + probe.stderr.strip().splitlines()[-1])
+    out = tmp_path_factory.mktemp("mmdet_peer")
+    image = root / IMAGE
+    run = subprocess.run(
+        [sys.executable, str(PEER_HELPERS / "mmdet_yolact_oracle.py"), "--image", str(image),
+         "--out", str(out), "--seed", "0"],
+        env=_peer_env(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out, torch.load(out / "outputs.pt", weights_only=False), image
+
+
+@pytest.fixture(scope="module")
+def converted(peer):
+    """The converted checkpoint, written by the tool as a user would."""
+    out, _, _ = peer
+    dst = out / "yolact_R_50_FPN_550_fixediou.pth"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "convert_weights.py"), "mmdet",
+         "--config-file", str(CONFIG), str(out / "yolact_r50_mmdet.pth"), str(dst)],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return dst
+
+
+def _cfg(weights):
+    cfg = get_cfg()
+    add_mayolact_config(cfg)
+    cfg.merge_from_file(str(CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = str(weights)
+    return cfg
+
+
+def _close(ours, theirs, rel=1e-4):
+    """Equal up to float32 reordering: |diff| <= rel * max|theirs|."""
+    theirs = theirs.float()
+    torch.testing.assert_close(ours.float(), theirs, rtol=0, atol=rel * theirs.abs().max().item())
+
+
+def test_network_outputs_equal_mmdetection(peer, converted):
+    _, ref, image = peer
+    predictor = YOLACTPredictor(_cfg(converted))
+    model = predictor.model
+    inputs = predictor.preprocess(cv2.imread(str(image)))
+    with torch.no_grad():
+        x = model.preprocess_image([inputs]).tensor
+        # Same resize (OpenCV bilinear, squashed to 550 x 550) and normalisation (RGB).
+        torch.testing.assert_close(x[0], ref["input"], rtol=0, atol=1e-5)
+        feats = model.backbone(x)
+        for name, theirs in zip(("p3", "p4", "p5", "p6", "p7"), ref["fpn"]):
+            assert feats[name].shape == theirs.shape, name
+            _close(feats[name], theirs)
+        logits, deltas, coeffs = model.head([feats[f] for f in model.head_in_features])
+        for ours, theirs in zip(logits + deltas + coeffs, ref["cls"] + ref["reg"] + ref["coeff"]):
+            _close(ours, theirs)
+        _close(model.protonet(feats["p3"])[0], ref["prototypes"])
+
+
+def test_detections_equal_mmdetection(peer, converted):
+    _, ref, image = peer
+    out = YOLACTPredictor(_cfg(converted))(cv2.imread(str(image)))["instances"]
+    n = len(ref["scores"])
+    assert n == 100 and len(out) == n  # a full set of detections, not a trivial case
+    assert tuple(out.image_size) == tuple(ref["ori_shape"]) == (426, 640)
+    assert ref["labels"].unique().numel() > 5 and ref["masks"].flatten(1).any(1).sum() > 20
+    torch.testing.assert_close(out.scores, ref["scores"], rtol=0, atol=1e-5)
+    assert torch.equal(out.pred_classes, ref["labels"])
+    torch.testing.assert_close(out.pred_boxes.tensor, ref["boxes"], rtol=0, atol=2e-3)
+    assert out.pred_masks.shape == ref["masks"].shape
+    differ = (out.pred_masks != ref["masks"]).sum().item()
+    assert differ <= 1e-5 * ref["masks"].numel(), f"{differ} mask pixels differ"
+
+
+def test_mmdet_file_loads_directly_as_model_weights(peer, converted):
+    """MODEL.WEIGHTS may name the mmdetection file itself: converted on load, same tensors."""
+    out, _, _ = peer
+    model = build_model(_cfg(out / "yolact_r50_mmdet.pth"))
+    YOLACTCheckpointer(model).load(str(out / "yolact_r50_mmdet.pth"))
+    expected = torch.load(converted, weights_only=False)["model"]
+    got = model.state_dict()
+    assert set(got) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k
