@@ -18,7 +18,6 @@ All losses are computed in float32 from logits (BCE / CE with logits), so they a
 autocast, and each one stays finite and connected to its inputs when there are no positives or no
 ground truths at all (``0 * sum(inputs)``), so DDP sees every parameter used.
 """
-import logging
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -38,8 +37,6 @@ __all__ = [
     "semantic_seg_loss",
     "positive_normalizer",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def positive_normalizer(labels: Tensor, num_classes: int) -> Tensor:

@@ -16,7 +16,6 @@ Inference (SPEC 9): softmax, per-level top-k by max foreground score, decode (dw
 both sides, boxes clipped to the input), Fast NMS (or batched NMS), then full-image masks through
 ``mayolact.postprocessing.yolact_postprocess`` (never Detectron2's ROI-mask path).
 """
-import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -47,8 +46,6 @@ from mayolact.protonet import ProtoNet, SemanticSegHead
 from mayolact.structures import integral_images
 
 __all__ = ["YOLACT"]
-
-logger = logging.getLogger(__name__)
 
 
 def _current_storage():

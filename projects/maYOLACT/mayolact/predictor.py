@@ -1,5 +1,4 @@
 """A one-image predictor for YOLACT models (the square-resize variant of ``DefaultPredictor``)."""
-import logging
 from typing import Dict
 
 import numpy as np
@@ -12,8 +11,6 @@ from mayolact.checkpoint import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
 
 __all__ = ["YOLACTPredictor"]
-
-logger = logging.getLogger(__name__)
 
 
 class YOLACTPredictor:

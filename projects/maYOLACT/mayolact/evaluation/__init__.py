@@ -1,6 +1,5 @@
 """Evaluation: COCO AP (pycocotools or faster-coco-eval) and optimal LRP, for boxes and masks."""
 
-import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -56,8 +55,6 @@ __all__ = [
     "validate_coco_results",
     "write_json_atomic",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class MergingDatasetEvaluators(DatasetEvaluators):
