@@ -6,9 +6,9 @@ from torch.nn import functional as F
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
+from mayolact.box_ops import batched_box_iou
 from mayolact.postprocessing import (
     assemble_masks,
-    batched_box_iou,
     box_crop_region,
     crop_masks,
     fast_nms,

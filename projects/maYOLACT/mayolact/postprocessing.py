@@ -12,7 +12,6 @@ Full-image masks never go through Detectron2's ``detector_postprocess`` ROI-mask
 carried under ``pred_global_masks`` (prototype resolution), which ``detector_postprocess`` filters
 along with the boxes, then resized straight to the output size and thresholded here.
 """
-import logging
 from typing import Optional, Tuple
 
 import torch
@@ -22,38 +21,15 @@ from torch.nn import functional as F
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
+from mayolact.box_ops import batched_box_iou
+
 __all__ = [
     "fast_nms",
-    "batched_box_iou",
     "box_crop_region",
     "crop_masks",
     "assemble_masks",
     "yolact_postprocess",
 ]
-
-logger = logging.getLogger(__name__)
-
-
-def batched_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """IoU of every pair in two batches of boxes, mmdet v2 style (no +1, union clamped at eps).
-
-    Args:
-        boxes1 (Tensor): (B, m, 4) as (x1, y1, x2, y2).
-        boxes2 (Tensor): (B, n, 4).
-        eps (float): lower bound of the union.
-
-    Returns:
-        Tensor: (B, m, n) IoU.
-    """
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = (area1[..., :, None] + area2[..., None, :] - inter).clamp(min=eps)
-    return inter / union
-
 
 def fast_nms(
     boxes: Tensor,
