@@ -31,6 +31,7 @@ __all__ = [
     "yolact_postprocess",
 ]
 
+
 def fast_nms(
     boxes: Tensor,
     scores: Tensor,
