@@ -1,4 +1,6 @@
-"""YOLACT's training losses (SPEC 7): OHEM softmax CE, SmoothL1 boxes, prototype masks, semantics.
+"""YOLACT's training losses: OHEM softmax CE, SmoothL1 boxes, prototype masks, semantics.
+
+The official losses: docs/official_implementation.md §7 (losses).
 
 Shape shorthand:
     N: images in the batch.
@@ -40,7 +42,8 @@ __all__ = [
 
 
 def positive_normalizer(labels: Tensor, num_classes: int) -> Tensor:
-    """P = sum over images of max(num_pos_i, 1) (SPEC 7), as a float32 scalar tensor.
+    """P = sum over images of max(num_pos_i, 1) (docs/official_implementation.md §7), as a float32
+    scalar tensor.
 
     Args:
         labels (Tensor): (N, R) or (R,) anchor labels in {-1, 0..K}.
@@ -56,7 +59,9 @@ def positive_normalizer(labels: Tensor, num_classes: int) -> Tensor:
 def ohem_selection(
     losses: Tensor, labels: Tensor, num_classes: int, neg_pos_ratio: float = 3
 ) -> Tensor:
-    """The anchors that train the classifier under OHEM (SPEC 7.1), per image.
+    """The anchors that train the classifier under OHEM, per image.
+
+    docs/official_implementation.md §7.1 (classification).
 
     All positives; of the negatives (label K), the ``min(neg_pos_ratio * num_pos, num_neg)`` with
     the largest loss, or all of them when the image has no positive. Ignored anchors (-1) never.
@@ -96,7 +101,9 @@ def ohem_softmax_cross_entropy(
     normalizer: Optional[Tensor] = None,
     reduction: str = "sum",
 ) -> Tensor:
-    """Softmax cross entropy with online hard negative mining, as mmdet's YOLACT (SPEC 7.1).
+    """Softmax cross entropy with online hard negative mining, as mmdet's YOLACT.
+
+    docs/official_implementation.md §7.1 (classification).
 
     Per image: the CE of all positives plus the ``min(neg_pos_ratio*num_pos, num_neg)`` hardest
     negatives (all negatives when the image has no positive); ignored anchors (-1) excluded. The
@@ -161,7 +168,7 @@ def smooth_l1_box_loss(
     """SmoothL1 on encoded deltas of the positive anchors, summed, divided by ``normalizer``.
 
     ``loss_weight * sum_{pos, 4 coords} smoothL1(pred - encode(anchor, gt)) / normalizer``
-    (SPEC 7.2: beta 1, weight 1.5, normaliser P).
+    (docs/official_implementation.md §7.2, "Box regression": beta 1, weight 1.5, normaliser P).
 
     Args:
         pred_deltas (Tensor): (M, 4) predicted deltas of the positive anchors.
@@ -221,7 +228,9 @@ def yolact_mask_loss(
     generator: Optional[torch.Generator] = None,
     reduction: str = "mean",
 ):
-    """YOLACT's prototype mask loss (SPEC 7.3), with BCE on logits (AMP-safe).
+    """YOLACT's prototype mask loss, with BCE on logits (AMP-safe).
+
+    The official loss: docs/official_implementation.md §7.3 (mask loss).
 
     For image i, at most ``max_masks`` positives (a random subset otherwise) each give
     ``l = loss_weight * mean_{Hp,Wp}(bce) / (gt_w / W) / (gt_h / H)``, where the target is its
@@ -324,7 +333,9 @@ def semantic_seg_loss(
     *,
     loss_weight: float = 1.0,
 ) -> Tensor:
-    """The auxiliary semantic segmentation loss (SPEC 7.4), channel = class (no -1 quirk).
+    """The auxiliary semantic segmentation loss, channel = class (no -1 quirk).
+
+    The official loss: docs/official_implementation.md §7.4 (semantic segmentation).
 
     Targets: GT masks bilinearly resized to (Hs, Ws), thresholded at 0.5, max over the instances
     of each class. ``loss = loss_weight * sum_images sum_{c,h,w} BCEWithLogits / (N*Hs*Ws)``.

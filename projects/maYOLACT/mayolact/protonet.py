@@ -1,4 +1,6 @@
-"""YOLACT's prototype network and its training-only semantic segmentation head (SPEC 7.4, 8).
+"""YOLACT's prototype network and its training-only semantic segmentation head.
+
+The official modules: docs/official_implementation.md §8 (protonet), §7.4 (semantic loss).
 
 Shape shorthand:
     N: images in the batch.
@@ -22,7 +24,8 @@ class ProtoNet(nn.Module):
     """Prototype masks from P3 at twice its resolution (stride 4 for a stride-8 P3).
 
     conv3x3+ReLU x3 -> bilinear x2 (align_corners False) + ReLU -> conv3x3+ReLU -> conv1x1 to k
-    + ReLU, so the prototypes are non-negative. Xavier-uniform init, zero bias (SPEC 8).
+    + ReLU, so the prototypes are non-negative. Xavier-uniform init, zero bias
+    (docs/official_implementation.md §8, "Protonet and mask assembly").
     """
 
     @configurable
@@ -74,7 +77,10 @@ class ProtoNet(nn.Module):
 
 
 class SemanticSegHead(nn.Module):
-    """A 1x1 conv from P3 to K class logits; training only (SPEC 7.4). Channel c is class c."""
+    """A 1x1 conv from P3 to K class logits; training only. Channel c is class c.
+
+    The official head: docs/official_implementation.md §7.4 (semantic segmentation).
+    """
 
     @configurable
     def __init__(self, *, in_channels: int, num_classes: int):

@@ -1,6 +1,7 @@
 """CARAFE (content-aware reassembly of features) in pure PyTorch.
 
-Re-implements the upsampler of ``mmdet/ops/carafe`` (SPEC 4.3) without compiled kernels:
+Re-implements the upsampler of ``mmdet/ops/carafe`` (docs/official_implementation.md §4.3,
+"CARAFE upsampler") without compiled kernels:
 
 1. a 1x1 channel compressor (C -> 64, bias);
 2. a content encoder ``Conv2d(64, k_up^2 * g * s^2, k_enc, padding=(k_enc - 1) * dil // 2,
@@ -79,11 +80,14 @@ def carafe(
 
 
 class CARAFEUpsample(nn.Module):
-    """CARAFE upsampler: compressor, content encoder, kernel normaliser and reassembly (SPEC 4.3).
+    """CARAFE upsampler: compressor, content encoder, kernel normaliser and reassembly.
+
+    The official module: docs/official_implementation.md §4.3 (CARAFE upsampler).
 
     Attributes ``channel_compressor`` and ``content_encoder`` are the two convolutions (mmdet's
     names).
-    Initialisation (SPEC 11): compressor xavier-uniform, encoder normal(0, 0.001), biases 0.
+    Initialisation (docs/official_implementation.md §11, "Initialisation"): compressor
+    xavier-uniform, encoder normal(0, 0.001), biases 0.
     """
 
     @configurable
@@ -158,7 +162,10 @@ class CARAFEUpsample(nn.Module):
         }
 
     def init_weights(self):
-        """Compressor xavier-uniform, content encoder normal(0, 0.001); biases 0 (SPEC 11)."""
+        """Compressor xavier-uniform, content encoder normal(0, 0.001); biases 0.
+
+        As docs/official_implementation.md §11 (initialisation).
+        """
         nn.init.xavier_uniform_(self.channel_compressor.weight)
         nn.init.zeros_(self.channel_compressor.bias)
         nn.init.normal_(self.content_encoder.weight, mean=0.0, std=0.001)

@@ -1,7 +1,8 @@
 """ResNet for maYOLACT: Detectron2's ResNet with a DCNv2 bottleneck on ``torchvision.ops``.
 
 The detectron2 installed here has no compiled ops, so its ``ModulatedDeformConv`` cannot run. This
-module builds the same network (SPEC 3) from Detectron2's ``ResNet``, ``BasicStem``,
+module builds the same network (docs/official_implementation.md §3, "Backbone") from
+Detectron2's ``ResNet``, ``BasicStem``,
 ``BottleneckBlock`` and ``BasicBlock``, and swaps the 3x3 conv of deformable blocks for
 :class:`ModulatedDeformConv2d`, a modulated deformable convolution (DCNv2) on
 ``torchvision.ops.deform_conv2d`` that runs on CPU and GPU.
@@ -156,7 +157,9 @@ class ModulatedDeformConv2d(nn.Module):
 
 
 class ModulatedDeformBottleneck(BottleneckBlock):
-    """Bottleneck block whose 3x3 conv is a DCNv2 (mmdet's ``stage_with_dcn``, SPEC 3).
+    """Bottleneck block whose 3x3 conv is a DCNv2 (mmdet's ``stage_with_dcn``).
+
+    The official DCNv2 placement: docs/official_implementation.md §3 (backbone).
 
     ``conv2`` (carrying the stride when ``stride_in_1x1`` is False, as in torchvision) becomes a
     :class:`ModulatedDeformConv2d` with ``deform_num_groups`` offset groups; ``conv2_offset`` is a

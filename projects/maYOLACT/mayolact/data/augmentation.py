@@ -1,4 +1,7 @@
-"""YOLACT's training and test augmentations (SPEC 2.2, 2.3) on Detectron2's transform API.
+"""YOLACT's training and test augmentations on Detectron2's transform API.
+
+The official pipelines: docs/official_implementation.md §2.2 (training pipeline), §2.3 (test
+pipeline).
 
 The official pipeline (mmdetection 2.1.0) is, in order::
 
@@ -10,7 +13,7 @@ with ``np.random`` (so ``np.random.seed`` makes it reproducible) and returns a d
 :class:`~fvcore.transforms.Transform`. Normalisation is left to the model
 (``MODEL.PIXEL_MEAN/STD``).
 
-Why not Detectron2's own transforms (checked against SPEC 2.2 line by line):
+Why not Detectron2's own transforms (checked against §2.2 line by line):
 
 - ``T.MinIoURandomCrop`` crops ``(int(left), int(top), int(new_w), int(new_h))`` while it tests
   the IoU on the patch ``(int(left), int(top), int(left+new_w), int(top+new_h))`` (the two can
@@ -128,7 +131,9 @@ def filter_small_gts(
 
 # ------------------------------------------------------------------------ photometric distortion
 class PhotometricTransform(Transform):
-    """SSD / mmdet ``PhotoMetricDistortion`` with fixed parameters (SPEC 2.2 step 4).
+    """SSD / mmdet ``PhotoMetricDistortion`` with fixed parameters.
+
+    docs/official_implementation.md §2.2 (training pipeline), step 4.
 
     Steps (each one only if its parameter is not None): brightness ``+delta``; contrast ``*alpha``
     first if ``contrast_first``; colour -> HSV (float, H in degrees); ``S *= saturation``;
@@ -195,7 +200,9 @@ class PhotometricTransform(Transform):
 
 
 class PhotometricDistortion(T.Augmentation):
-    """Random photometric distortion (SPEC 2.2 step 4); every step fires with probability 0.5.
+    """Random photometric distortion; every step fires with probability 0.5.
+
+    docs/official_implementation.md §2.2 (training pipeline), step 4.
 
     The random draws follow the official order: brightness coin (+ delta), contrast-mode coin,
     [contrast coin (+ alpha) when contrast comes first], saturation coin (+ factor), hue coin
@@ -316,7 +323,9 @@ class ExpandTransform(Transform):
 
 
 class Expand(T.Augmentation):
-    """SSD zoom-out (SPEC 2.2 step 5): with probability ``prob``, put the image on a larger canvas.
+    """SSD zoom-out: with probability ``prob``, put the image on a larger canvas.
+
+    docs/official_implementation.md §2.2 (training pipeline), step 5.
 
     ``r ~ U(ratio_range)``; canvas ``(int(h r), int(w r))`` filled with ``fill`` (the pixel mean in
     the image's channel order); ``left = int(U(0, w r - w))``, ``top = int(U(0, h r - h))``.
@@ -372,7 +381,8 @@ class MinIoUCropTransform(CropTransform):
 
 
 class MinIoURandomCrop(T.Augmentation):
-    """SSD min-IoU random crop, exactly SPEC 2.2 step 6.
+    """SSD min-IoU random crop, exactly docs/official_implementation.md §2.2 (training pipeline),
+    step 6.
 
     Loop: draw ``mode`` from ``(1, *min_ious, 0)`` (1 = keep the image). Otherwise up to
     ``max_trials`` tries: ``new_w ~ U(min_crop_size w, w)``, ``new_h ~ U(min_crop_size h, h)``,
@@ -504,7 +514,10 @@ class SquareResizeTransform(T.ResizeTransform):
 
 
 class SquareResize(T.Augmentation):
-    """Squash any image to ``size`` x ``size`` (SPEC 2.2 step 7, 2.3 step 2)."""
+    """Squash any image to ``size`` x ``size``.
+
+    docs/official_implementation.md §2.2 (training pipeline) step 7, §2.3 (test pipeline) step 2.
+    """
 
     def __init__(self, size: int):
         super().__init__()
@@ -589,7 +602,9 @@ class YOLACTAugInput(T.AugInput):
 
 # ------------------------------------------------------------------------------------- builders
 def build_yolact_train_augmentation(cfg) -> List[T.Augmentation]:
-    """YOLACT's training augmentations (SPEC 2.2 steps 4-9, without normalisation).
+    """YOLACT's training augmentations, without normalisation.
+
+    docs/official_implementation.md §2.2 (training pipeline), steps 4-9.
 
     Photometric distortion (``INPUT.YOLACT.PHOTOMETRIC``), Expand (``EXPAND_PROB``, filled with
     ``MODEL.PIXEL_MEAN``), min-IoU crop (``MIN_IOU_CROP``), resize to ``SIZE`` x ``SIZE``, and a
@@ -626,5 +641,8 @@ def build_yolact_train_augmentation(cfg) -> List[T.Augmentation]:
 
 
 def build_yolact_test_augmentation(cfg) -> List[T.Augmentation]:
-    """YOLACT's test augmentation: a bilinear resize to ``INPUT.YOLACT.SIZE`` squared (SPEC 2.3)."""
+    """YOLACT's test augmentation: a bilinear resize to ``INPUT.YOLACT.SIZE`` squared.
+
+    docs/official_implementation.md §2.3 (test pipeline).
+    """
     return [SquareResize(cfg.INPUT.YOLACT.SIZE)]

@@ -1,4 +1,7 @@
-"""YOLACT's dataset mapper: Detectron2 dataset dicts -> model inputs (SPEC 2.1-2.3, 13.3-13.4).
+"""YOLACT's dataset mapper: Detectron2 dataset dicts -> model inputs.
+
+The official data path: docs/official_implementation.md §2.1-2.3 (data), §13.3 (masks for the
+assigner), §13.4 (augmentations).
 
 Training, per image:
 
@@ -16,7 +19,8 @@ Training, per image:
    ``gt_integral_images`` (:func:`mayolact.structures.integral_images` of the final masks).
 
 Empty masks: the official code keeps GTs whose mask vanished (under the nearest down-scaling or
-the crop); maIoU then gives them no positive anchors (SPEC 6.4). We drop them instead, so every
+the crop); maIoU then gives them no positive anchors (docs/official_implementation.md §6.4,
+"maIoU"). We drop them instead, so every
 GT that reaches the model has pixels.
 
 Resampling: when no GT is left (after step 3 or 6) the mapper returns ``None``. Detectron2's
