@@ -1,4 +1,5 @@
-"""CARAFE (SPEC 4.3): the pure-PyTorch reassembly against a literal loop of the CUDA kernel."""
+"""CARAFE (docs/official_implementation.md §4.3): the pure-PyTorch reassembly against a literal
+loop of the CUDA kernel."""
 import math
 
 import pytest
