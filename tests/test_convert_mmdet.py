@@ -6,21 +6,16 @@ transcriptions of the official kernels (``mmcv_reference``). The mmdetection 3.x
 checked against the peer itself in ``test_mmdet_peer.py``.
 """
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import mayolact  # noqa: F401  (registers the model)
-from mayolact.config import add_mayolact_config
+from common import FULL, get_config, load_tool
 from mayolact.conversion.mmdet import convert_mmdet_checkpoint
 from mmcv_reference import bottleneck_reference, carafe_pack_reference, fpn_carafe_reference
 from mmdet_layouts import mmdet_yolact_shapes, random_state_dict
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "COCO-InstanceSegmentation"
 
 # Each released checkpoint's layout (neck, DCN groups, anchors per location) and its config here.
 RELEASED = [
@@ -32,20 +27,11 @@ RELEASED = [
 _MODELS = {}
 
 
-def build(config, **overrides):
+def build(config, *opts):
     """An eval-mode model of ``config`` on CPU (cached per config and overrides)."""
-    key = (config, tuple(sorted(overrides.items())))
+    key = (config, opts)
     if key not in _MODELS:
-        cfg = get_cfg()
-        add_mayolact_config(cfg)
-        cfg.merge_from_file(str(CONFIGS / config))
-        cfg.MODEL.DEVICE = "cpu"
-        for k, v in overrides.items():
-            node = cfg
-            *path, leaf = k.split(".")
-            for p in path:
-                node = getattr(node, p)
-            setattr(node, leaf, v)
+        cfg = get_config(FULL / config, ("MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "") + opts)
         torch.manual_seed(0)
         _MODELS[key] = build_model(cfg).eval()
     return _MODELS[key]
@@ -214,9 +200,31 @@ def test_non_tensor_values_and_duplicates():
 
 def test_semantic_head_is_reported_when_the_config_has_none(caplog):
     src = random_state_dict(mmdet_yolact_shapes("fpn", 0, 1), seed=16)
-    model = build("yolact_R_50_FPN_550_atss_iou.yaml", **{"MODEL.YOLACT.SEMSEG_HEAD": False})
+    model = build("yolact_R_50_FPN_550_atss_iou.yaml", "MODEL.YOLACT.SEMSEG_HEAD", False)
     with caplog.at_level(logging.INFO, logger="mayolact.conversion.mmdet"):
         out = convert_mmdet_checkpoint(src, model)
     model.load_state_dict(out, strict=True)
     assert "segm_head.segm_conv.weight not used: the config has no semantic head" in caplog.text
     assert len(out) == len(src) - 2
+
+
+def test_convert_tool_mmdet_subcommand(tmp_path):
+    """``tools/convert_weights.py mmdet SRC DST --config-file CFG``: the README's command writes a
+    checkpoint of the config's model; a checkpoint of another model exits 2 with the reason."""
+    tool = load_tool("convert_weights")
+    src_sd = mayolact_checkpoint(seed=17)
+    src = tmp_path / "mayolact_550_mmdet.pth"
+    torch.save({"meta": {"mmdet_version": "2.1.0"}, "state_dict": src_sd}, src)
+    dst = tmp_path / "converted.pth"
+    assert tool.main(["mmdet", str(src), str(dst), "--config-file",
+                      str(FULL / "mayolact_R_50_FPN_550.yaml")]) == 0
+    written = torch.load(dst, weights_only=True)
+    assert written["__author__"] == "mmdetection"
+    model = build("mayolact_R_50_FPN_550.yaml")
+    assert list(written["model"]) == list(model.state_dict())
+    assert torch.equal(written["model"]["backbone.fpn_upsample6.content_encoder.weight"],
+                       src_sd["neck.upsample_modules.3.content_encoder.weight"])
+    wrong = tmp_path / "wrong.pth"
+    assert tool.main(["mmdet", str(src), str(wrong), "--config-file",
+                      str(FULL / "yolact_R_50_FPN_550_atss_maiou.yaml")]) == 2
+    assert not wrong.exists()

@@ -11,25 +11,20 @@ the same image. Skips when the peer or coco_mini is absent.
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import mayolact  # noqa: F401
-from conftest import coco_mini_root
+from common import FULL, REPO, coco_mini_root, get_config, run_tool
 from mayolact.checkpoint import YOLACTCheckpointer
-from mayolact.config import add_mayolact_config
 from mayolact.predictor import YOLACTPredictor
 
-REPO = Path(__file__).resolve().parents[1]
 PEER_SITE = REPO / ".peer" / "site"
-PEER_HELPERS = Path(__file__).resolve().parent / "peer"
-CONFIG = REPO / "configs" / "COCO-InstanceSegmentation" / "yolact_R_50_FPN_550_fixediou.yaml"
+PEER_HELPERS = REPO / "tests" / "peer"
+CONFIG = FULL / "yolact_R_50_FPN_550_fixediou.yaml"
 IMAGE = "val2017/000000000139.jpg"  # 426 x 640, not square: the squash and rescale matter
 
 
@@ -69,21 +64,14 @@ def converted(peer):
     """The converted checkpoint, written by the tool as a user would."""
     out, _, _ = peer
     dst = out / "yolact_R_50_FPN_550_fixediou.pth"
-    run = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_weights.py"), "mmdet",
-         "--config-file", str(CONFIG), str(out / "yolact_r50_mmdet.pth"), str(dst)],
-        capture_output=True, text=True, timeout=900, cwd=REPO)
+    run = run_tool("convert_weights", ["mmdet", out / "yolact_r50_mmdet.pth", dst,
+                                       "--config-file", CONFIG], out, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return dst
 
 
 def _cfg(weights):
-    cfg = get_cfg()
-    add_mayolact_config(cfg)
-    cfg.merge_from_file(str(CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = str(weights)
-    return cfg
+    return get_config(CONFIG, ("MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights))
 
 
 def _close(ours, theirs, rel=1e-4):

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("src", help="mmdetection checkpoint (.pth with 'state_dict')")
     mm.add_argument("dst", help="output checkpoint (.pth)")
     mm.add_argument("--config-file", required=True, help="the maYOLACT config the model matches")
-    mm.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
+    # "*" rather than REMAINDER, so that `mmdet SRC DST --config-file CFG` parses (REMAINDER would
+    # swallow the option); overrides then follow DST: `mmdet --config-file CFG SRC DST KEY VALUE`.
+    mm.add_argument("opts", nargs="*", help="config overrides (KEY VALUE ...), after DST")
     mm.set_defaults(run=convert_mmdet)
     return p
 
