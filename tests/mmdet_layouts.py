@@ -4,7 +4,7 @@
 YOLACT / maYOLACT model, in the module order of the official classes, without using maYOLACT's
 model (so a conversion test against it is not circular):
 
-* ``mmdet/models/backbones/resnet.py`` ``ResNet(depth=50, style='pytorch')``: ``conv1``, ``bn1``,
+* ``mmdet/models/backbones/resnet.py`` ``ResNet(depth=50 or 101, style='pytorch')``: ``conv1``, ``bn1``,
   ``layer{1-4}.{j}.conv{1-3}`` / ``bn{1-3}`` / ``downsample.{0,1}``; with
   ``dcn=dict(type='DCNv2', deformable_groups=G)`` a stage's ``conv2`` is a
   ``ModulatedDeformConvPack`` without bias, whose ``conv_offset`` has ``G * 3 * 9`` outputs;
@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 import torch
 
-RESNET50_BLOCKS = (3, 4, 6, 3)
+RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
 def _bn(shapes, prefix, channels):
@@ -31,8 +31,9 @@ def _bn(shapes, prefix, channels):
     shapes[f"{prefix}.num_batches_tracked"] = ()
 
 
-def mmdet_yolact_shapes(neck="fpn", dcn_groups=0, num_anchors=3, num_classes=80, version=2):
-    """Names and shapes of an mmdetection YOLACT R-50 state dict (see the module doc).
+def mmdet_yolact_shapes(neck="fpn", dcn_groups=0, num_anchors=3, num_classes=80, version=2,
+                        depth=50):
+    """Names and shapes of an mmdetection YOLACT state dict (see the module doc).
 
     Args:
         neck (str): "fpn" (Table 2 models, mmdet 3.x zoo) or "carafe" (maYOLACT).
@@ -40,6 +41,7 @@ def mmdet_yolact_shapes(neck="fpn", dcn_groups=0, num_anchors=3, num_classes=80,
         num_anchors (int): anchors per location (3 fixed IoU, 1 ATSS, 2 maYOLACT).
         num_classes (int): foreground classes.
         version (int): 2 (the authors' fork) or 3 (mmdetection 3.x): where the semantic head is.
+        depth (int): ResNet depth, 50 or 101.
 
     Returns:
         OrderedDict[str, tuple]: name -> shape.
@@ -48,7 +50,7 @@ def mmdet_yolact_shapes(neck="fpn", dcn_groups=0, num_anchors=3, num_classes=80,
     s["backbone.conv1.weight"] = (64, 3, 7, 7)
     _bn(s, "backbone.bn1", 64)
     inplanes = 64
-    for i, blocks in enumerate(RESNET50_BLOCKS):
+    for i, blocks in enumerate(RESNET_BLOCKS[depth]):
         planes = 64 * 2**i
         dcn = dcn_groups and i > 0  # stage_with_dcn=(False, True, True, True)
         for j in range(blocks):

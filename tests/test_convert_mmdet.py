@@ -74,6 +74,16 @@ def test_mmdet3_layout_loads_into_the_fixed_iou_config():
                        src["backbone.layer4.0.downsample.1.running_var"])
 
 
+def test_mmdet_zoo_r101_loads_into_the_fixed_iou_config_at_depth_101():
+    """mmdetection's YOLACT R-101 zoo model: the fixed-IoU config with MODEL.RESNETS.DEPTH 101."""
+    src = random_state_dict(mmdet_yolact_shapes("fpn", 0, 3, depth=101), seed=18)
+    model = build("yolact_R_50_FPN_550_fixediou.yaml", "MODEL.RESNETS.DEPTH", 101)
+    out = convert_mmdet_checkpoint(src, model)
+    model.load_state_dict(out, strict=True)
+    assert torch.equal(out["backbone.bottom_up.res4.22.conv3.weight"],
+                       src["backbone.layer3.22.conv3.weight"])
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_semantic_channel_of_class_c_is_mmdets_channel_c_minus_1(version):
     """mmdet trains channel c - 1 for class c (class 0 in channel K - 1); ours is channel c."""
