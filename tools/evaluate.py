@@ -61,7 +61,7 @@ def parse_args(argv=None):
         "--tasks",
         nargs="+",
         choices=SUPPORTED_TASKS,
-        help="default: bbox, and segm if every result has a mask",
+        help="default: bbox, and segm if any result has a mask (then all must)",
     )
     parser.add_argument("--backend", default="auto", choices=COCO_BACKENDS, help="COCO AP backend")
     parser.add_argument(

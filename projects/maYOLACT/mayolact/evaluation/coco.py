@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -320,7 +321,28 @@ def _is_xywh(box) -> bool:
 
 
 def _is_rle(segm) -> bool:
-    return isinstance(segm, dict) and "counts" in segm and "size" in segm
+    """A compressed RLE: ``{"size": [h, w], "counts": str}`` (what ``mask_util.encode`` gives)."""
+    if not (isinstance(segm, dict) and "counts" in segm and "size" in segm):
+        return False
+    size = segm["size"]
+    return (
+        isinstance(segm["counts"], (str, bytes))
+        and isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    )
+
+
+def _bad_entry(source: str, i: int, field: str, what: str) -> ValueError:
+    return ValueError(f"{source}: entry {i}: field {field!r} {what}")
+
+
+def _image_sizes(coco_gt) -> Dict:
+    """image id -> (height, width) of a ground truth (either backend)."""
+    return {
+        img["id"]: (img.get("height"), img.get("width"))
+        for img in coco_gt.loadImgs(coco_gt.getImgIds())
+    }
 
 
 def validate_coco_results(
@@ -328,21 +350,26 @@ def validate_coco_results(
 ) -> List[str]:
     """Check COCO-format results against a ground truth and return the tasks to evaluate.
 
+    Everything the COCO backends would accept silently (NaN scores or boxes, a mask of another
+    size) or fail on with a library traceback is found here, with the entry's index and field.
+
     Args:
         results: the loaded results list.
         coco_gt: the ground-truth COCO api (either backend).
-        tasks: tasks asked for; ``None`` infers them (bbox, and segm when every result has a mask).
+        tasks: tasks asked for; ``None`` infers them: bbox, and segm when any result has a mask
+            (then every result must have one).
         source: the file name, for messages.
 
     Returns:
         The tasks, a sub-list of ``["bbox", "segm"]`` in that order.
 
     Raises:
-        ValueError: naming ``source`` and what is wrong: not a list, an entry that is not a dict or
-            lacks "image_id" / "category_id" / "score" / "bbox" / "segmentation" (first offending
-            index), a non-numeric score, a "bbox" that is not 4 numbers, a "segmentation" that is
-            not a compressed RLE dict, image ids or category ids absent from the ground truth, or an
-            unknown task.
+        ValueError: naming ``source``, and for an entry its index and field: not a list; an entry
+            that is not a dict or lacks "image_id" / "category_id" / "score"; a score that is not
+            a finite number; image or category ids absent from the ground truth; for bbox, a
+            missing "bbox" or one that is not 4 finite numbers with width and height >= 0; for
+            segm, a missing "segmentation", one that is not a compressed RLE dict, or whose size
+            is not its image's (height, width); an unknown task.
     """
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a list of detections, got a {type(results).__name__}")
@@ -355,32 +382,11 @@ def validate_coco_results(
         missing = [k for k in required if k not in r]
         if missing:
             raise ValueError(f"{source}: entry {i} is missing {missing} (keys: {sorted(r)})")
-        if isinstance(r["score"], bool) or not isinstance(r["score"], (int, float)):
-            raise ValueError(f"{source}: entry {i} has a non-numeric score {r['score']!r}")
-    if tasks is None:
-        tasks = ["bbox"]
-        if results and all("segmentation" in r for r in results):
-            tasks.append("segm")
-    tasks = [t for t in SUPPORTED_TASKS if t in tasks]
-    for task in tasks:
-        field = _FIELD_OF_TASK[task]
-        lacking = [i for i, r in enumerate(results) if field not in r]
-        if lacking:
-            raise ValueError(
-                f"{source}: task {task!r} needs a {field!r} in every entry; {len(lacking)} lack it "
-                f"(first: entry {lacking[0]})"
-            )
-        check = _is_xywh if task == "bbox" else _is_rle
-        malformed = [i for i, r in enumerate(results) if not check(r[field])]
-        if malformed:
-            what = (
-                "[x, y, w, h] numbers" if task == "bbox" else "an RLE dict with 'size' and 'counts'"
-            )
-            i = malformed[0]
-            raise ValueError(
-                f"{source}: {len(malformed)} {field!r} value(s) are not {what} "
-                f"(first: entry {i}: {str(results[i][field])[:80]})"
-            )
+        score = r["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise ValueError(f"{source}: entry {i} has a non-numeric score {score!r}")
+        if not math.isfinite(score):
+            raise _bad_entry(source, i, "score", f"is {score}, not a finite number")
     gt_images = set(coco_gt.getImgIds())
     gt_cats = set(coco_gt.getCatIds())
     unknown_images = {r["image_id"] for r in results} - gt_images
@@ -395,6 +401,50 @@ def validate_coco_results(
             f"{source}: category id(s) not in the ground truth: {_examples(unknown_cats)} "
             f"(ground-truth ids: {_examples(gt_cats, 10)})"
         )
+    if tasks is None:
+        tasks = ["bbox"]
+        if any("segmentation" in r for r in results):
+            tasks.append("segm")
+    tasks = [t for t in SUPPORTED_TASKS if t in tasks]
+    sizes = _image_sizes(coco_gt) if "segm" in tasks else {}
+    for task in tasks:
+        field = _FIELD_OF_TASK[task]
+        lacking = [i for i, r in enumerate(results) if field not in r]
+        if lacking:
+            raise _bad_entry(
+                source, lacking[0], field,
+                f"is missing, but task {task!r} is evaluated ({len(lacking)} of {len(results)} "
+                f"entries lack it; to evaluate without it, leave {task!r} out of the tasks)",
+            )
+        check = _is_xywh if task == "bbox" else _is_rle
+        malformed = [i for i, r in enumerate(results) if not check(r[field])]
+        if malformed:
+            what = (
+                "[x, y, w, h] numbers"
+                if task == "bbox"
+                else "a compressed RLE dict ('size' [h, w], 'counts' a string)"
+            )
+            i = malformed[0]
+            raise ValueError(
+                f"{source}: {len(malformed)} {field!r} value(s) are not {what} "
+                f"(first: entry {i}: {str(results[i][field])[:80]})"
+            )
+        for i, r in enumerate(results):
+            if task == "bbox":
+                box = r["bbox"]
+                if not all(math.isfinite(v) for v in box):
+                    raise _bad_entry(source, i, "bbox", f"{box} has a non-finite value")
+                if box[2] < 0 or box[3] < 0:
+                    raise _bad_entry(source, i, "bbox", f"{box} has a negative width or height")
+            else:
+                size = list(r["segmentation"]["size"])
+                expected = list(sizes[r["image_id"]])
+                if size != expected:
+                    raise _bad_entry(
+                        source, i, "segmentation",
+                        f"has size {size}, but image {r['image_id']} is {expected} "
+                        "(height, width)",
+                    )
     return tasks
 
 

@@ -74,6 +74,9 @@ logger = logging.getLogger(__name__)
 
 # Names of the summary metrics in the result dict (values x100).
 _SUMMARY_KEYS = ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN")
+# IoUs this close to 1 are 1 computed in floating point (pycocotools gives 1 + 4e-16 or
+# 1 - 2e-16 for a box equal to its ground truth); further above 1 is a bug upstream.
+_IOU_ROUNDING = 1e-12
 
 
 def _check_tau(tau: float) -> float:
@@ -102,7 +105,8 @@ def olrp_from_matches(scores, is_tp, ious, num_gt: int, tau: float = 0.5) -> Dic
 
     Raises:
         ValueError: on mismatched shapes, a negative ``num_gt``, more TPs than ground truths, TP
-            IoUs outside [tau, 1] or a ``tau`` outside (0, 1).
+            IoUs outside [tau, 1] (IoUs within a rounding error of 1 count as 1) or a ``tau``
+            outside (0, 1).
     """
     tau = _check_tau(tau)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -119,8 +123,9 @@ def olrp_from_matches(scores, is_tp, ious, num_gt: int, tau: float = 0.5) -> Dic
     total_tp = int(is_tp.sum())
     if total_tp > num_gt:
         raise ValueError(f"{total_tp} true positives for only {num_gt} ground truths")
-    if total_tp and (np.any(ious[is_tp] < tau) or np.any(ious[is_tp] > 1)):
+    if total_tp and (np.any(ious[is_tp] < tau) or np.any(ious[is_tp] > 1 + _IOU_ROUNDING)):
         raise ValueError(f"IoUs of true positives must lie in [tau, 1] = [{tau}, 1]")
+    ious = np.where(np.abs(ious - 1.0) <= _IOU_ROUNDING, 1.0, ious)
 
     nan = float("nan")
     if num_gt == 0:
