@@ -197,8 +197,8 @@ def _mismatch_message(source, what, n_model, missing, unexpected, shapes, advice
 
 
 #: Names of the checkpoints a training run writes (Detectron2's ``PeriodicCheckpointer``: the
-#: iteration in 7 digits, or "final"); only these, and the file ``last_checkpoint`` names, are resumed
-#: from, so that other weights kept in the output folder are never mistaken for a run's state.
+#: iteration in 7 digits, or "final"); only these, and the file ``last_checkpoint`` names, are
+#: resumed from, so that other weights kept in the output folder are never taken for a run's state.
 _RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
 #: Temporary files of :meth:`YOLACTCheckpointer.stage`: hidden, with the writer's process id.
 _PARTIAL = re.compile(r"^\.(.+)\.(\d+)\.tmp$")
@@ -244,7 +244,10 @@ def find_checkpoints(folder: str) -> List[str]:
         # tag, then the iteration in the name, break ties of a coarse file-system clock.
         name = os.path.basename(path)
         match = _RUN_CHECKPOINT.match(name)
-        number = -1 if not match else float("inf") if match.group(1) == "final" else int(match.group(1))
+        if not match:
+            number = -1.0
+        else:
+            number = float("inf") if match.group(1) == "final" else float(match.group(1))
         return os.path.getmtime(path), name == tagged, number
 
     return sorted(paths, key=newness, reverse=True)
