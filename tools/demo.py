@@ -10,22 +10,20 @@ Examples::
         --input ../shared/data/coco_mini/val2017 --output output/vis MODEL.WEIGHTS model_final.pth
     python tools/demo.py --config-file <cfg> --video-input clip.mp4 --output output/clip.mp4 \
         MODEL.WEIGHTS model_final.pth
+
+Exit status: 0 when every input was drawn; 1 when an input is missing or some images could not be
+read (each is named on stderr; the others are drawn); 2 for a bad config or output path.
 """
 import argparse
 import logging
 import os
 import sys
-import time
 
-import cv2
-import tqdm
-
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 
 import mayolact  # noqa: F401  (registers everything)
+from mayolact.checks import PreflightError, check_datasets_registered, check_writable
 from mayolact.config import ConfigError, load_config
-from mayolact.file_io import write_image_atomic
 from mayolact.visualization import Demo, expand_inputs
 
 
@@ -68,23 +66,38 @@ def main(argv=None):
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    # ... and the output, so that no model runs for drawings that cannot be written.
+    try:
+        if args.metadata:
+            check_datasets_registered("--metadata", [args.metadata])
+        video_to_file = args.video_input and not os.path.isdir(args.output)
+        check_writable(
+            os.path.dirname(os.path.abspath(args.output)) if video_to_file else args.output,
+            "--output",
+        )
+    except PreflightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     demo = Demo(cfg, args.metadata, args.confidence_threshold)
 
     if args.video_input:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        out = demo.run_video(args.video_input, args.output)
+        try:
+            out = demo.run_video(args.video_input, args.output)
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         logger.info("wrote %s", out)
         return 0
 
     os.makedirs(args.output, exist_ok=True)
-    for path in tqdm.tqdm(files, disable=len(files) < 2):
-        image = read_image(path, format=cfg.INPUT.FORMAT)  # raises naming the file if unreadable
-        start = time.perf_counter()
-        instances, drawing = demo.draw(image)
-        logger.info("%s: %d instances in %.2fs", path, len(instances), time.perf_counter() - start)
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
-    logger.info("wrote %d drawings to %s", len(files), args.output)
+    failed = demo.draw_files(files, args.output)
+    logger.info("wrote %d drawings to %s", len(files) - len(failed), args.output)
+    for message in failed:
+        print(f"error: {message}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(files)} inputs could not be read", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -111,6 +111,9 @@ def add_mayolact_config(cfg):
     s.GLOBAL_CLIP_NORM = 35.0  # clip the global L2 norm of all gradients to this (0 disables)
     s.ITERS_PER_EPOCH = 0  # >0: step/cosine schedules change only at epoch boundaries (as mmdet)
     s.OPTIMIZER = "SGD"  # "SGD" (the paper's, with SOLVER.MOMENTUM) or "AdamW" (from-scratch CPU runs)
+    s.OVERWRITE_CHECKPOINTS = False  # let a run without --resume start in an OUTPUT_DIR holding checkpoints
+    s.DIVERGENCE_FACTOR = 20.0  # stop when the total loss exceeds this times its recent median (0: off)
+    s.DIVERGENCE_WINDOW = 20  # iterations whose median total loss DIVERGENCE_FACTOR compares against
     s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is empty
 
 

@@ -1,7 +1,9 @@
 """Drawing predictions: the predictor and Detectron2's ``Visualizer`` behind ``tools/demo.py`` and
 ``tools/demo_job.py``."""
 import glob
+import logging
 import os
+import time
 from typing import List, Optional, Sequence, Tuple
 
 import cv2
@@ -9,14 +11,17 @@ import numpy as np
 import tqdm
 
 from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from mayolact.file_io import atomic_path
+from mayolact.file_io import atomic_path, write_image_atomic
 from mayolact.data.datasets import dataset_metadata
 from mayolact.predictor import YOLACTPredictor
 
-__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs"]
+__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file"]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -43,6 +48,19 @@ def expand_inputs(inputs: Sequence[str]) -> List[str]:
                 raise FileNotFoundError(f"{item}: no such file, folder or pattern")
             files.extend(found)
     return files
+
+
+def read_image_file(path: str, image_format: str) -> np.ndarray:
+    """Detectron2's ``read_image``, with every way a file can fail to decode (missing, not an
+    image, truncated) reported as an ``OSError`` that names it.
+
+    Returns:
+        ndarray: (H, W, 3) uint8 in ``image_format``.
+    """
+    try:
+        return read_image(path, format=image_format)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
+        raise OSError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
 
 
 class Demo:
@@ -78,6 +96,29 @@ class Demo:
         vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
         return instances, vis.draw_instance_predictions(instances).get_image()
 
+    def draw_files(self, files: Sequence[str], output: str) -> List[str]:
+        """Draw each image file into ``output/<stem>.png``; a file that cannot be read is
+        reported (logged with its name) and skipped, the others are drawn.
+
+        Returns:
+            list[str]: one message per skipped file, naming it and the reason.
+        """
+        failed = []
+        for path in tqdm.tqdm(files, disable=len(files) < 2):
+            try:
+                image = read_image_file(path, self.input_format)
+            except OSError as e:
+                logger.error("%s; skipped", e)
+                failed.append(str(e))
+                continue
+            start = time.perf_counter()
+            instances, drawing = self.draw(image)
+            logger.info("%s: %d instances in %.2fs", path, len(instances),
+                        time.perf_counter() - start)
+            out = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+            write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
+        return failed
+
     def run_video(self, path: str, output: str) -> str:
         """Draw every frame of the video ``path`` into an mp4 ``output`` (a file or a folder).
 
@@ -86,6 +127,7 @@ class Demo:
 
         Raises:
             FileNotFoundError: naming ``path`` when it cannot be opened.
+            OSError: naming ``output`` when no video writer can be opened there.
         """
         video = cv2.VideoCapture(path)
         if not video.isOpened():
@@ -99,6 +141,12 @@ class Demo:
         visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
         with atomic_path(output) as tmp:
             writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not writer.isOpened():  # before any frame is processed, not after the last
+                video.release()
+                raise OSError(
+                    f"{output}: cannot open a video writer (mp4v) there; check the folder can be "
+                    "written and the name ends in .mp4"
+                )
             try:
                 for _ in tqdm.tqdm(range(frames), desc=os.path.basename(path)):
                     ok, frame_bgr = video.read()

@@ -54,7 +54,12 @@ from mayolact.data.augmentation import (
 from mayolact.data.datasets import resolve_num_classes
 from mayolact.structures import integral_images
 
-__all__ = ["YOLACTDatasetMapper", "decode_segmentations", "parse_annotations"]
+__all__ = [
+    "YOLACTDatasetMapper",
+    "check_trainable",
+    "decode_segmentations",
+    "parse_annotations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +263,39 @@ def decode_segmentations(segms: Sequence, height: int, width: int) -> np.ndarray
             rles.append(mask_util.merge(mask_util.frPyObjects(s, height, width)))
     masks = mask_util.decode(rles)  # (H, W, G), Fortran order
     return np.ascontiguousarray(masks.transpose(2, 0, 1))
+
+
+def check_trainable(dataset_dicts: Sequence[Dict], names: Sequence[str], min_gt_size: float,
+                    num_classes: int) -> None:
+    """Some image of the training set has a GT the mapper keeps (before augmentation).
+
+    When none has, every image gives None and Detectron2's ``MapDataset`` runs out of images to
+    draw instead ("Sample larger than population"). The scan stops at the first usable image, so
+    it costs next to nothing on a usable dataset.
+
+    Args:
+        dataset_dicts: the training set (Detectron2 dataset dicts, with ``height`` / ``width``).
+        names: the datasets it was read from (``DATASETS.TRAIN``), for the message.
+        min_gt_size: ``INPUT.YOLACT.MIN_GT_SIZE``.
+        num_classes: ``MODEL.YOLACT.NUM_CLASSES``.
+
+    Raises:
+        ValueError: naming the datasets and ``INPUT.YOLACT.MIN_GT_SIZE``; or, from
+            :func:`parse_annotations`, naming a malformed annotation met on the way.
+    """
+    for d in dataset_dicts:
+        hw = (d.get("height", float("inf")), d.get("width", float("inf")))
+        boxes, _, _, _ = parse_annotations(
+            d.get("annotations") or [], d.get("file_name", "?"), hw, num_classes, need_masks=False
+        )
+        if filter_small_gts(boxes, min_gt_size).any():
+            return
+    raise ValueError(
+        f"DATASETS.TRAIN {tuple(names)}: none of its {len(dataset_dicts)} images has a ground "
+        f"truth wider and taller than INPUT.YOLACT.MIN_GT_SIZE = {min_gt_size} px (crowd regions "
+        "and annotations outside the image do not count), so no training input can be made; "
+        "lower INPUT.YOLACT.MIN_GT_SIZE or check the annotations"
+    )
 
 
 class YOLACTDatasetMapper:
