@@ -66,7 +66,9 @@ class _StudyTrainer(Trainer):
 def run_one(base_config, assigner, seed, output, opts):
     out_dir = os.path.join(output, f"{assigner}_seed{seed}")
     cfg = row_config(base_config, assigner, opts)
-    cfg.merge_from_list(["SEED", str(seed), "OUTPUT_DIR", out_dir])
+    # Every run of the study trains afresh: a rerun replaces that run's checkpoints.
+    cfg.merge_from_list(["SEED", str(seed), "OUTPUT_DIR", out_dir,
+                         "SOLVER.YOLACT.OVERWRITE_CHECKPOINTS", "True"])
     cfg.freeze()
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()

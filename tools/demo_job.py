@@ -50,7 +50,9 @@ def main(argv=None):
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config_file, ["OUTPUT_DIR", args.output] + list(args.opts))
+        # The demo trains afresh each time: a rerun replaces the previous demo's checkpoints.
+        fresh = ["OUTPUT_DIR", args.output, "SOLVER.YOLACT.OVERWRITE_CHECKPOINTS", "True"]
+        cfg = load_config(args.config_file, fresh + list(args.opts))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,18 +11,31 @@ Examples::
     python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
         MODEL.DEVICE cpu
+
+Before anything is built, the config is checked (``mayolact.checks.preflight``: datasets
+registered, NUM_CLASSES against the datasets, OUTPUT_DIR writable and, to train, free of another
+run's checkpoints unless ``--resume`` or ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``).
+
+Exit status: 0 when done; 2 for a bad config or a failed check; 143 (SIGTERM) or 130 (SIGINT)
+when a signal stopped training after a checkpoint (continue with ``--resume``).
 """
+import contextlib
 import logging
+import signal
 import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessExitedException
 
 import mayolact  # noqa: F401  (registers the model, backbones and datasets)
 from mayolact.checkpoint import YOLACTCheckpointer
 from mayolact.config import ConfigError, load_config
+from mayolact.checks import PreflightError, preflight
 from mayolact.engine import Trainer
+from mayolact.resilience import STOP_SIGNALS, forward_signals_to_workers
 
 
 def setup(args):
@@ -30,6 +43,8 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # The project's own log lines (checkpoints, stops, checks) go to the console and log.txt too.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mayolact")
     return cfg
 
 
@@ -54,19 +69,34 @@ def cli(argv=None):
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     try:
-        load_config(args.config_file, args.opts)  # fail here, not in each worker, on a bad config
-        return launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except ConfigError as e:
+        # Fail here, in seconds and once, not in each worker after building the model.
+        cfg = load_config(args.config_file, args.opts)
+        preflight(cfg, train=not args.eval_only, resume=args.resume)
+        multi = args.num_gpus * args.num_machines > 1
+        # The launcher of workers passes SIGTERM / SIGINT on and waits for their checkpoint.
+        with forward_signals_to_workers() if multi else contextlib.nullcontext():
+            return launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+    except (ConfigError, PreflightError) as e:
         logging.getLogger("mayolact").error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ProcessExitedException as e:
+        # A worker that stopped on a signal (after its checkpoint: 128 + signal; before training
+        # began: killed by it) ends the launcher with the same status, without a traceback.
+        stopped = {128 + s: s for s in STOP_SIGNALS} | {-s: s for s in STOP_SIGNALS}
+        if e.exit_code not in stopped:
+            raise
+        signum = stopped[e.exit_code]
+        print(f"training stopped by {signal.Signals(signum).name}; continue it with --resume",
+              file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

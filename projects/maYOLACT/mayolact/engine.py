@@ -8,6 +8,9 @@ Only the pieces where YOLACT's recipe differs from Detectron2's defaults are wri
 * Schedules that change only at epoch boundaries (``SOLVER.YOLACT.ITERS_PER_EPOCH``), as mmdet's
   by-epoch step and cosine policies do, behind Detectron2's linear warmup.
 * The YOLACT dataset mapper in both loaders, and COCO AP + oLRP evaluation.
+* Runs that survive faults (:mod:`mayolact.resilience`): a divergence guard, checkpoints published
+  only once their weights gave a healthy loss, a checkpoint and a clean exit on SIGTERM / SIGINT,
+  workers that stop with their launcher, and a resumed run that continues the data stream.
 """
 import functools
 import logging
@@ -16,18 +19,32 @@ import os
 import weakref
 from unittest import mock
 
+import numpy as np
 import torch
 from fvcore.common.param_scheduler import ParamScheduler
 
 import detectron2.engine.defaults as d2_defaults
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from .checkpoint import YOLACTCheckpointer
+from .checks import check_num_classes, check_output_dir
+from .resilience import (
+    DataStreamPosition,
+    DivergenceGuard,
+    GracefulStop,
+    StagedPeriodicCheckpointer,
+    watch_parent,
+)
 
 __all__ = [
     "GlobalNormClipSGD",
@@ -232,12 +249,21 @@ class Trainer(DefaultTrainer):
 
     Subclasses that evaluate by themselves after training set ``eval_after_train = False``: then
     no ``EvalHook`` is registered and the test set is not run twice.
+
+    Faults (see :mod:`mayolact.resilience` and README, "What survives what"): starting without
+    ``resume`` over another run's checkpoints stops (:func:`mayolact.checks.check_output_dir`);
+    resuming continues the sampler's stream and reseeds the augmentations by iteration;
+    Detectron2's ``PeriodicCheckpointer`` becomes a :class:`StagedPeriodicCheckpointer` behind a
+    :class:`DivergenceGuard`; a :class:`GracefulStop` saves and exits on SIGTERM / SIGINT; workers
+    of a multi-process run watch their launcher.
     """
 
     #: Register Detectron2's ``EvalHook`` (evaluation every ``TEST.EVAL_PERIOD`` and after training).
     eval_after_train = True
 
     def __init__(self, cfg):
+        if comm.get_world_size() > 1:
+            watch_parent()  # a worker whose launcher dies stops (with a checkpoint once training)
         if comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu":
             cpu_ddp = functools.partial(d2_defaults.create_ddp_model, device_ids=None)
             with mock.patch.object(d2_defaults, "create_ddp_model", cpu_ddp):
@@ -260,13 +286,88 @@ class Trainer(DefaultTrainer):
         built = super().build_hooks()
         if not self.eval_after_train:
             built = [h for h in built if not isinstance(h, hooks.EvalHook)]
-        return built
+        return self._fault_tolerant_hooks(built)
+
+    def _fault_tolerant_hooks(self, built):
+        """Detectron2's hooks with the checkpointer replaced by the staged one behind the
+        divergence guard, the graceful stop right after it, and the data-stream position."""
+        cfg = self.cfg
+        out, checkpoint_hook = [], None
+        for h in built:
+            if isinstance(h, hooks.PeriodicCheckpointer):  # main process only
+                checkpoint_hook = StagedPeriodicCheckpointer(h.checkpointer, h.period, h.max_iter)
+                guard = DivergenceGuard(
+                    cfg.SOLVER.YOLACT.DIVERGENCE_FACTOR, cfg.SOLVER.YOLACT.DIVERGENCE_WINDOW
+                )
+                out += [guard, checkpoint_hook]
+            else:
+                out.append(h)
+        # The stop check follows the checkpointer and precedes evaluation and writers.
+        if checkpoint_hook is not None:
+            at = out.index(checkpoint_hook) + 1
+        else:
+            later = (hooks.EvalHook, hooks.PeriodicWriter)
+            at = next((i for i, h in enumerate(out) if isinstance(h, later)), len(out))
+        out.insert(at, GracefulStop(checkpoint_hook))
+        sampler = _find_resumable_sampler(self._trainer.data_loader)
+        self._data_stream = None
+        if sampler is not None:
+            self._data_stream = DataStreamPosition(sampler, cfg.SOLVER.IMS_PER_BATCH)
+            out.append(self._data_stream)
+        else:
+            logger.warning(
+                "DATALOADER.SAMPLER_TRAIN %s: a resumed run starts the data stream afresh",
+                cfg.DATALOADER.SAMPLER_TRAIN,
+            )
+        return out
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's ``resume_or_load`` (``resume``: the newest readable checkpoint of
+        ``OUTPUT_DIR`` with everything it holds), after the output-folder guard; a resumed run
+        continues the sampler's stream and reseeds the random augmentations by iteration.
+
+        Raises:
+            mayolact.checks.PreflightError: ``resume`` is False and ``OUTPUT_DIR`` holds another
+                run's checkpoints (unless ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS``).
+        """
+        check_output_dir(self.cfg, resume)
+        if comm.is_main_process() and hasattr(self.checkpointer, "remove_partial_saves"):
+            self.checkpointer.remove_partial_saves()
+        super().resume_or_load(resume=resume)
+        if self.start_iter == 0:
+            return
+        stream = getattr(self, "_data_stream", None)
+        if stream is not None and not stream.restored:
+            # A checkpoint without the stream's position: the images of the iterations it holds.
+            stream.sampler.set_position(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+        if self.cfg.SEED >= 0:
+            # The augmentations draw from the global RNGs, seeded once from SEED at setup: reseed
+            # them from (SEED, rank, iteration) so that a resumed run does not replay the draws
+            # of the first iterations.
+            seq = np.random.SeedSequence([self.cfg.SEED, comm.get_rank(), self.start_iter])
+            seed_all_rng(int(seq.generate_state(1)[0]) % 2**31)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from .data.dataset_mapper import YOLACTDatasetMapper
+        """Detectron2's train loader with the YOLACT mapper and, for ``TrainingSampler``, a
+        :class:`~mayolact.data.samplers.ResumableTrainingSampler`. Checks the training sets
+        first: their class count and that some image has a GT the mapper keeps."""
+        from .data.dataset_mapper import YOLACTDatasetMapper, check_trainable
+        from .data.datasets import resolve_num_classes
+        from .data.samplers import ResumableTrainingSampler
 
-        return build_detection_train_loader(cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True))
+        names = cfg.DATASETS.TRAIN
+        dicts = get_detection_dataset_dicts(
+            names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        check_num_classes(cfg, "DATASETS.TRAIN", names)
+        check_trainable(dicts, names, cfg.INPUT.YOLACT.MIN_GT_SIZE, resolve_num_classes(cfg))
+        sampler = None  # Detectron2 builds the other DATALOADER.SAMPLER_TRAIN
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            sampler = ResumableTrainingSampler(len(dicts))
+        return build_detection_train_loader(
+            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dicts, sampler=sampler
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -292,3 +393,18 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_mayolact_evaluator(cfg, dataset_name, output_folder)
 
+
+def _find_resumable_sampler(loader, depth: int = 6):
+    """The :class:`ResumableTrainingSampler` inside a Detectron2 train loader (a ``DataLoader`` of
+    a ``ToIterableDataset``, maybe under an ``AspectRatioGroupedDataset``), or None."""
+    from .data.samplers import ResumableTrainingSampler
+
+    if isinstance(loader, ResumableTrainingSampler):
+        return loader
+    if depth == 0 or loader is None:
+        return None
+    for attr in ("sampler", "dataset"):
+        found = _find_resumable_sampler(getattr(loader, attr, None), depth - 1)
+        if found is not None:
+            return found
+    return None
