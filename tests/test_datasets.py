@@ -9,6 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from mayolact.config import add_mayolact_config
 from mayolact.data.datasets import (
     apply_dataset_config,
+    dataset_arguments,
     dataset_classes,
     dataset_metadata,
     read_coco_categories,
@@ -157,3 +158,15 @@ def test_load_config_registers_resolves_and_reports_errors_once(tmp_path):
         load_config("", ["DATASETS.YOLACT.COCO_JSON", entry, "DATASETS.TRAIN", f"('{name}',)",
                          "MODEL.META_ARCHITECTURE", "YOLACT", "MODEL.YOLACT.NUM_CLASSES", "80",
                          "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+
+
+def test_dataset_arguments_register_json_paths(tmp_path):
+    json_file = write_coco(tmp_path / "export")
+    names = dataset_arguments(["coco_2017_val", str(json_file), "not_yet_registered"])
+    assert names == ["coco_2017_val", str(json_file), "not_yet_registered"]
+    assert MetadataCatalog.get(str(json_file)).image_root == str(tmp_path / "export")
+    assert dataset_classes(str(json_file)) == ["solid", "hollow", "thin"]
+    assert dataset_arguments([str(json_file)]) == [str(json_file)]  # again: kept
+    other = write_coco(tmp_path / "other")
+    with pytest.raises(ValueError, match="--image-root .*nope: not a folder"):
+        dataset_arguments([str(other)], image_root=str(tmp_path / "nope"))

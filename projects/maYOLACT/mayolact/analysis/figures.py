@@ -20,6 +20,7 @@ from mayolact.analysis.inputs import figure_mapper, mapped_batches
 from mayolact.analysis.losses import losses_by_mob
 from mayolact.analysis.overlaps import disagreement_examples, gt_mob_ratios, iou_maiou_pairs
 from mayolact.config import load_config
+from mayolact.data.datasets import dataset_arguments, dataset_metadata
 
 __all__ = [
     "FIGURES",
@@ -41,8 +42,11 @@ def add_figure_arguments(parser: argparse.ArgumentParser, *, dataset: Optional[L
     """The options every figure shares: ``--dataset``, ``--num-images``, ``--output`` and, with a
     ``config_file`` default ("" = required), ``--config-file``, ``--size`` and config overrides."""
     parser.add_argument("--dataset", nargs="+", default=dataset,
-                        help="registered dataset name(s)" + (
+                        help="registered dataset name(s) or COCO-format json file(s)" + (
                             "" if dataset else " (default: the config's DATASETS.TEST[0])"))
+    parser.add_argument("--image-root", default=None,
+                        help="folder of the images of a json given to --dataset (default: the "
+                             "json's folder)")
     parser.add_argument("--num-images", type=int, default=num_images,
                         help="use the first N images of each dataset")
     parser.add_argument("--output", default=output, help="PNG path")
@@ -162,8 +166,6 @@ def draw_example(example: Dict, metadata) -> np.ndarray:
 
 
 def _anchor_disagreement(args) -> Dict[str, List[Dict]]:
-    from detectron2.data import MetadataCatalog
-
     cfg = _config(args)
     threshold = args.iou_threshold if args.iou_threshold >= 0 else None
     examples = disagreement_examples(args.dataset, cfg, num_images=args.num_images,
@@ -182,7 +184,7 @@ def _anchor_disagreement(args) -> Dict[str, List[Dict]]:
             print(f"{kind:<14}{e['image']:>6d}{e['gt']:>4d}{e['iou']:>7.3f}{e['maiou']:>7.3f}"
                   f"{e['gap']:>7.3f}{e['gt_mob']:>9.3f}{e['anchor_mob']:>9.3f}  "
                   f"{os.path.basename(e['record']['file_name'])}")
-    metadata = MetadataCatalog.get(args.dataset[0])
+    metadata = dataset_metadata(args.dataset[0])  # with class names, loaded or not
     drawings = {(kind, r): draw_example(e, metadata)
                 for kind, examples in shown.items() for r, e in enumerate(examples)}
     print(f"\nwrote {plots.plot_anchor_disagreement(shown, drawings, args.output)}")
@@ -194,7 +196,7 @@ def _losses_by_mob_arguments(p, default_config):
     add_figure_arguments(p, dataset=None, output="output/figures/losses_by_mob.png",
                          num_images=100, config_file="",
                          config_help="the trained model's config (MODEL.WEIGHTS: its weights)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--bins", type=int, default=10, help="MOB bins over [0, 1]")
     p.add_argument("--pos-iou", type=float, nargs=2, default=(0.5, 0.7),
                    help="positives: best IoU in [a, b]")
@@ -285,5 +287,7 @@ def build_parser(default_config: str, description: str = "") -> argparse.Argumen
 def run(argv: Optional[List[str]], default_config: str, description: str = ""):
     """Parse ``argv`` and run the chosen figure; returns its numbers."""
     args = build_parser(default_config, description).parse_args(argv)
+    if args.dataset:
+        args.dataset = dataset_arguments(args.dataset, args.image_root)
     return FIGURES[args.figure][2](args)
 

@@ -12,7 +12,8 @@
 
 - Your own COCO-format sets, named in the config (``DATASETS.YOLACT.COCO_JSON``, a list of
   ``[name, json_file, image_root]``): :func:`register_config_datasets` registers them, so that
-  ``DATASETS.TRAIN`` / ``DATASETS.TEST`` and the tools can use the names without a line of Python.
+  ``DATASETS.TRAIN`` / ``DATASETS.TEST`` and the tools can use the names without a line of Python;
+  the figure tool's ``--dataset`` also takes a json path (:func:`dataset_arguments`).
 
 The coco_mini splits and the config's sets are registered as ``register_coco_instances`` would,
 except that the annotation ``id`` and ``area`` are kept in the dataset dicts
@@ -29,7 +30,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import detectron2.data.datasets  # noqa: F401  (registers detectron2's builtin datasets)
 from detectron2.config import get_cfg
@@ -41,6 +42,7 @@ __all__ = [
     "register_coco_with_ids",
     "register_coco_mini",
     "register_config_datasets",
+    "dataset_arguments",
     "read_coco_categories",
     "dataset_metadata",
     "dataset_classes",
@@ -150,6 +152,29 @@ def register_config_datasets(cfg) -> List[str]:
     if done:
         logger.info("Registered %s from %s", done, key)
     return done
+
+
+def dataset_arguments(values: Sequence[str], image_root: Optional[str] = None) -> List[str]:
+    """Dataset names for a tool's ``--dataset`` values: a registered name is kept; a COCO-format
+    json file is registered under its path as given (:func:`register_coco_with_ids`), with its
+    images under ``image_root`` (default: the json's folder). Other values are kept as they are,
+    for the tool to report (or for a config loaded later to register).
+
+    Raises:
+        ValueError: ``image_root`` is not a folder.
+    """
+    names = []
+    for value in values:
+        value = str(value)
+        if value in DatasetCatalog.list() or not (value.endswith(".json") and os.path.isfile(value)):
+            names.append(value)
+            continue
+        root = os.path.abspath(image_root or os.path.dirname(value) or ".")
+        if not os.path.isdir(root):
+            raise ValueError(f"--image-root {root}: not a folder (images of {value})")
+        register_coco_with_ids(value, os.path.abspath(value), root)
+        names.append(value)
+    return names
 
 
 def read_coco_categories(json_file: str) -> Tuple[List[str], Dict[int, int]]:
