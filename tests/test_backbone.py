@@ -54,6 +54,12 @@ def fpns():
     return {name: _build(name, make_cfg()) for name in FPN_NAMES}
 
 
+@pytest.fixture(scope="module")
+def plain_fpns():
+    """The FPNs without DCN stages: the geometry does not depend on them (and DCN is slow)."""
+    return {name: _build(name, make_cfg(deform=(False,) * 4)) for name in FPN_NAMES}
+
+
 # ---------------------------------------------------------------------------- deformable conv
 
 
@@ -262,8 +268,8 @@ def test_resnet_bad_config(edit, match):
 
 
 @pytest.mark.parametrize("name", FPN_NAMES)
-def test_fpn_geometry(fpns, name):
-    model = fpns[name]
+def test_fpn_geometry(plain_fpns, name):
+    model = plain_fpns[name]
     assert model.size_divisibility == 0
     assert model.padding_constraints == {}
     shapes = model.output_shape()

@@ -1,18 +1,6 @@
 """The speed tools run end to end on tiny settings and print their tables (no timing asserted)."""
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-QUICK = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
-
-
-def load_tool(name):
-    sys.path.insert(0, str(REPO / "tools"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from common import QUICK_CONFIG as QUICK
+from common import load_tool
 
 
 def test_benchmark_inference_prints_the_table(capsys):

@@ -1,14 +1,14 @@
 """Optimizer, schedules and config loading of the training engine."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from detectron2.config import get_cfg
 
+from common import REPO, load_tool
 from mayolact import add_mayolact_config
+from mayolact.config import ConfigError, load_config, load_rows, merge_config_row
 from mayolact.engine import (
     EpochCosineParamScheduler,
     GlobalNormClipAdamW,
@@ -18,18 +18,14 @@ from mayolact.engine import (
     resolve_lr_steps,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 
 
-def load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "tools" / "train_net.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+ROWS = REPO / "configs" / "rows"
 
 
 def shipped_configs():
-    return sorted(p for p in (REPO / "configs").rglob("*.yaml"))
+    """Every config file (the rows files of configs/rows/ are partial configs, tested below)."""
+    return sorted(p for p in (REPO / "configs").rglob("*.yaml") if ROWS not in p.parents)
 
 
 def test_global_norm_clip_scales_all_gradients_together():
@@ -138,7 +134,7 @@ def test_unknown_optimizer_is_named():
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_shipped_config_loads_through_setup(path, tmp_path):
-    train_net = load_train_net()
+    train_net = load_tool("train_net")
     args = train_net.default_argument_parser().parse_args(
         ["--config-file", str(path), "OUTPUT_DIR", str(tmp_path)])
     cfg = train_net.setup(args)
@@ -147,15 +143,53 @@ def test_every_shipped_config_loads_through_setup(path, tmp_path):
 
 
 def test_unknown_config_key_names_the_file_and_the_key(tmp_path):
-    train_net = load_train_net()
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL:\n  YOLACT:\n    NOT_A_KEY: 3\n")
-    with pytest.raises(train_net.ConfigError, match=r"bad\.yaml.*NOT_A_KEY"):
-        train_net.load_config(str(bad))
-    with pytest.raises(train_net.ConfigError, match="not found"):
-        train_net.load_config(str(tmp_path / "missing.yaml"))
-    with pytest.raises(train_net.ConfigError, match="NOPE"):
-        train_net.load_config("", ["MODEL.YOLACT.NOPE", "1"])
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*NOT_A_KEY"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="NOPE"):
+        load_config("", ["MODEL.YOLACT.NOPE", "1"])
+
+
+def test_rows_files_merge_into_their_base_configs():
+    """Every assigner row applies to Base-YOLACT.yaml; the study's and the benchmarks' rows name
+    assigner rows and configs that exist; the fixed-IoU row keeps the 550 geometry."""
+    base = REPO / "configs" / "COCO-InstanceSegmentation" / "Base-YOLACT.yaml"
+    assigners = load_rows(str(ROWS / "assigners.yaml"))
+    for name in assigners:
+        cfg = merge_config_row(load_config(str(base)), str(ROWS / "assigners.yaml"), name)
+        assert cfg.MODEL.YOLACT.MATCHER == ("FixedIoU" if name == "fixed_iou" else "ATSS")
+    fixed = merge_config_row(load_config(str(base), ["INPUT.YOLACT.SIZE", "192"]),
+                             str(ROWS / "assigners.yaml"), "fixed_iou")
+    assert fixed.MODEL.YOLACT.ANCHOR_REFERENCE_SIZE == 550
+    assert list(fixed.MODEL.YOLACT.ANCHOR_REFERENCE_GRID) == [69, 35, 18, 9, 5]
+    for tool in ("compare_assigners", "benchmark_assigner"):
+        rows = load_rows(str(ROWS / f"{tool}.yaml"))
+        assert rows and all(r["assigner"] in assigners for r in rows.values())
+    for row in load_rows(str(ROWS / "benchmark_inference.yaml")).values():
+        assert (REPO / "configs" / "COCO-InstanceSegmentation" / row["config"]).is_file()
+        assert row["paper_fps"] > 0
+
+
+def test_bad_rows_are_named(tmp_path):
+    rows = tmp_path / "rows.yaml"
+    rows.write_text("good:\n  MODEL:\n    YOLACT: {MATCHER: ATSS}\nbad:\n  MODEL:\n    NOPE: 1\n")
+    cfg = load_config()
+    assert merge_config_row(cfg, str(rows), "good").MODEL.YOLACT.MATCHER == "ATSS"
+    with pytest.raises(ConfigError, match=r"rows\.yaml: row 'bad'.*NOPE"):
+        merge_config_row(cfg, str(rows), "bad")
+    with pytest.raises(ConfigError, match=r"rows\.yaml: no row 'other'; rows: \['bad', 'good'\]"):
+        merge_config_row(cfg, str(rows), "other")
+    rows.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping from row name"):
+        load_rows(str(rows))
+    rows.write_text("a: [1\n")
+    with pytest.raises(ConfigError, match="not valid yaml"):
+        load_rows(str(rows))
+    with pytest.raises(ConfigError, match="not found"):
+        load_rows(str(tmp_path / "missing.yaml"))
 
 
 # ----------------------------------------------------- LR steps that follow SOLVER.MAX_ITER
@@ -170,11 +204,10 @@ def test_relative_steps_follow_max_iter():
 def test_quick_config_schedule_follows_a_max_iter_override():
     """Overriding only SOLVER.MAX_ITER keeps the quick configs' step at 3/4 of the run."""
     quick = str(REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml")
-    train_net = load_train_net()
-    assert resolve_lr_steps(train_net.load_config(quick)) == (3,)
-    assert resolve_lr_steps(train_net.load_config(quick, ["SOLVER.MAX_ITER", "20"])) == (15,)
+    assert resolve_lr_steps(load_config(quick)) == (3,)
+    assert resolve_lr_steps(load_config(quick, ["SOLVER.MAX_ITER", "20"])) == (15,)
     # Explicit STEPS still win.
-    cfg = train_net.load_config(quick, ["SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "(12,)"])
+    cfg = load_config(quick, ["SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "(12,)"])
     assert resolve_lr_steps(cfg) == (12,)
 
 

@@ -2,7 +2,6 @@
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import math
@@ -20,6 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
 
+from common import load_tool
 from mayolact.config import add_mayolact_config
 from mayolact.evaluation import (
     LRPEvaluator,
@@ -583,10 +583,7 @@ def test_evaluator_rejects_unknown_task(registered):
 
 # -------------------------------------------------------------------- tools/evaluate.py
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("mayolact_tools_evaluate", EVALUATE_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("evaluate")
 
 
 def test_validate_coco_results(simple_gt):

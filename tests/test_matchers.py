@@ -7,6 +7,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes
 
+from common import load_tool
 from mayolact.config import add_mayolact_config
 from mayolact.matchers import (
     ANCHOR_MATCHER_REGISTRY,
@@ -412,14 +413,7 @@ def test_cuda_matches_cpu():
 
 # ------------------------------------------------------------- tools/benchmark_assigner.py
 def _benchmark_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "benchmark_assigner.py"
-    spec = importlib.util.spec_from_file_location("benchmark_assigner", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("benchmark_assigner")
 
 
 def test_benchmark_train_iteration_prints_table(coco_mini, capsys):

@@ -5,13 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from mayolact.config import add_mayolact_config
+from common import build_tiny_model, tiny_config
 from mayolact.meta_arch import YOLACT
 from mayolact.predictor import YOLACTPredictor
 from mayolact.structures import integral_images
@@ -20,52 +18,11 @@ NUM_CLASSES = 3
 
 
 def _cfg(variant="atss_maiou", size=128):
-    cfg = get_cfg()
-    add_mayolact_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "YOLACT"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.PIXEL_MEAN = [123.68, 116.78, 103.94]
-    cfg.MODEL.PIXEL_STD = [58.40, 57.12, 57.38]
-    cfg.MODEL.BACKBONE.NAME = "build_yolact_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    y = cfg.MODEL.YOLACT
-    y.RESNET_WIDTH_SCALE = 0.25
-    y.NUM_CLASSES = NUM_CLASSES
-    y.NUM_PROTOTYPES = 8
-    y.PROTO_CHANNELS = 16
-    cfg.TEST.DETECTIONS_PER_IMAGE = 20
-    cfg.INPUT.FORMAT = "RGB"
-    cfg.INPUT.YOLACT.SIZE = size
-    if variant == "fixed_iou":
-        cfg.MODEL.ANCHOR_GENERATOR.NAME = "YOLACTAnchorGenerator"
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[24], [48], [96], [192], [384]]
-        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-        cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
-        y.MATCHER = "FixedIoU"
-        y.MASK_LOSS_WEIGHT = 6.125
-    else:
-        cfg.MODEL.ANCHOR_GENERATOR.NAME = "DefaultAnchorGenerator"
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-        if variant == "mayolact":  # CARAFE FPN and two anchors per location (no DCN on R-18)
-            cfg.MODEL.BACKBONE.NAME = "build_yolact_resnet_carafe_fpn_backbone"
-            cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[s, s * 2 ** 0.5] for s in (32, 64, 128, 256, 512)]
-        cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
-        cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
-        y.MATCHER = "ATSS"
-        y.ATSS_QUALITY = "maiou" if variant == "atss_maiou" else "iou"
-    return cfg
+    return tiny_config(variant, size, NUM_CLASSES)
 
 
 def _build(cfg, seed=0):
-    torch.manual_seed(seed)
-    return build_model(cfg)
+    return build_tiny_model(cfg, seed)
 
 
 def _instances(size, boxes, classes):

@@ -1,37 +1,31 @@
 """tools/compare_assigners.py: every assigner trains and evaluates; tables and chart are written."""
 import csv
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from common import load_tool, run_tool
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location(
-        "compare_assigners", REPO / "tools" / "compare_assigners.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "tools"))
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("compare_assigners")
 
 
-def test_fixed_iou_overrides_follow_the_input_size():
+def test_rows_come_from_the_rows_files_with_the_550_geometry():
     study = load_study()
-    assert study.feature_sizes(550, range(3, 8)) == [69, 35, 18, 9, 5]
-    assert study.feature_sizes(400, range(3, 8)) == [50, 25, 13, 7, 4]
-    opts = dict(zip(*[iter(study.assigner_overrides("fixed_iou", 256))] * 2))
-    assert opts["MODEL.YOLACT.MATCHER"] == "FixedIoU"
-    assert opts["MODEL.YOLACT.ANCHOR_REFERENCE_GRID"] == str(study.feature_sizes(256, range(3, 8)))
-    assert opts["MODEL.YOLACT.MASK_LOSS_WEIGHT"] == "6.125"
-    opts = dict(zip(*[iter(study.assigner_overrides("atss_giou", 256))] * 2))
-    assert opts["MODEL.YOLACT.ATSS_QUALITY"] == "giou"
+    assert study.ASSIGNERS == ["fixed_iou", "atss_iou", "atss_giou", "atss_diou", "atss_maiou"]
+    base = study.DEFAULT_BASE
+    fixed = study.row_config(base, "fixed_iou", ["INPUT.YOLACT.SIZE", "256"])
+    y = fixed.MODEL.YOLACT
+    assert y.MATCHER == "FixedIoU" and y.MASK_LOSS_WEIGHT == 6.125
+    assert fixed.MODEL.ANCHOR_GENERATOR.NAME == "YOLACTAnchorGenerator"
+    # One geometry policy: YOLACT's 550 strides at any input size, as every fixed-IoU config.
+    assert y.ANCHOR_REFERENCE_SIZE == 550 and list(y.ANCHOR_REFERENCE_GRID) == [69, 35, 18, 9, 5]
+    giou = study.row_config(base, "atss_giou", ["MODEL.YOLACT.MASK_LOSS_WEIGHT", "1.0"])
+    assert giou.MODEL.YOLACT.ATSS_QUALITY == "giou"
+    assert giou.MODEL.YOLACT.MASK_LOSS_WEIGHT == 8.0  # the row wins over the base's overrides
+    assert giou.MODEL.ANCHOR_GENERATOR.NAME == "DefaultAnchorGenerator"  # the base's anchors
     with pytest.raises(ValueError, match="unknown assigner"):
-        study.assigner_overrides("atss", 256)
+        study.row_config(base, "atss")
 
 
 def test_summary_mean_and_std_over_seeds():
@@ -48,16 +42,12 @@ def test_summary_mean_and_std_over_seeds():
 
 
 def test_study_runs_every_assigner_end_to_end(tmp_path):
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MAYOLACT_CACHE=str(tmp_path / "cache"),
-               MAYOLACT_SHAPES_TRAIN_IMAGES="6", MAYOLACT_SHAPES_VAL_IMAGES="3",
-               MAYOLACT_SHAPES_SIZE="128", PYTHONWARNINGS="ignore")
     out = tmp_path / "study"
-    cmd = [sys.executable, str(REPO / "tools" / "compare_assigners.py"), "--seeds", "1",
-           "--output", str(out), "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2",
-           "SOLVER.WARMUP_ITERS", "0", "INPUT.YOLACT.SIZE", "128", "DATALOADER.NUM_WORKERS", "0",
-           "MODEL.YOLACT.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "5"]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = run_tool("compare_assigners", [
+        "--seeds", "1", "--output", out, "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.WARMUP_ITERS", "0", "INPUT.YOLACT.SIZE", "128", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.YOLACT.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "5"],
+        tmp_path, timeout=600, MAYOLACT_SHAPES_TRAIN_IMAGES=6, MAYOLACT_SHAPES_VAL_IMAGES=3)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

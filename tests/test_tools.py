@@ -7,12 +7,9 @@
 * ``train_net`` stops with an error naming the file and the field on a malformed annotation, and
   naming the image on a missing image file.
 """
-import importlib.util
 import json
-import os
 import socket
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,37 +19,9 @@ import pytest
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 
+from common import PYTHON, QUICK_CONFIG, REPO, get_config, load_tool, tool_env
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.shapes import register_shapes
-
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-QUICK_CONFIG = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
-
-
-def load_tool(name):
-    """A script of ``tools/`` as a module (``train_net`` under its own name: demo imports it)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def tool_env(tmp_path):
-    """Environment of the tool subprocesses: one thread, tiny shapes sets in a private cache."""
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        MAYOLACT_CACHE=str(tmp_path / "cache"),
-        MAYOLACT_SHAPES_TRAIN_IMAGES="8",
-        MAYOLACT_SHAPES_VAL_IMAGES="4",
-        MAYOLACT_SHAPES_SIZE="128",
-        PYTHONWARNINGS="ignore",
-    )
-    return env
 
 
 def free_port():
@@ -111,7 +80,7 @@ def demo_weights(tmp_path_factory):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    cfg = load_tool("train_net").load_config(str(QUICK_CONFIG))
+    cfg = get_config(QUICK_CONFIG)
     torch.manual_seed(0)
     model = build_model(cfg)
     head = model.head
@@ -173,7 +142,7 @@ def test_demo_video(demo_weights, tmp_path):
     code = _run_demo(["--config-file", QUICK_CONFIG, "--video-input", video, "--output", out,
                       "--confidence-threshold", 0, "MODEL.WEIGHTS", demo_weights])
     assert code == 0 and out.is_file()
-    assert not list(out.parent.glob("*.part*"))
+    assert [p.name for p in out.parent.iterdir()] == ["drawn.mp4"]  # no temporary file left
     cap = cv2.VideoCapture(str(out))
     read = []
     while True:

@@ -35,8 +35,8 @@ def pick_dataset(name):
     return "mayolact_shapes_val"
 
 
-def make_mapper(size, with_ii):
-    cfg = load_config()
+def make_mapper(size, with_ii, dataset):
+    cfg = load_config("", ["DATASETS.TRAIN", (dataset,)])  # NUM_CLASSES 0: the dataset's classes
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [123.68, 116.78, 103.94]
     cfg.INPUT.YOLACT.SIZE = size
@@ -70,7 +70,7 @@ def main(argv=None):
         if any(not a.get("iscrowd", 0) for a in d["annotations"])
     ]
     dicts = dicts[: args.images]
-    plain, with_ii = make_mapper(args.size, False), make_mapper(args.size, True)
+    plain, with_ii = make_mapper(args.size, False, name), make_mapper(args.size, True, name)
     for d in dicts[:3]:  # warm-up (caches, lazy imports)
         timed(plain, d, 0)
         timed(with_ii, d, 0)
