@@ -10,5 +10,6 @@ setup(
     python_requires=">=3.9",
     # detectron2 is not on PyPI: scripts/install.sh installs it (see README).
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "opencv-python-headless"],
-    extras_require={"fast-eval": ["faster-coco-eval"], "test": ["pytest"]},
+    extras_require={"fast-eval": ["faster-coco-eval"], "export": ["onnx", "onnxruntime"],
+                    "test": ["pytest"]},
 )

@@ -40,6 +40,7 @@ _EXPORTS = {
     "YOLACTPredictor": "predictor",
     "build_mayolact_evaluator": "evaluation",
     "YOLACTCheckpointer": "checkpoint",
+    "ExportedYOLACTPredictor": "export",
 }
 
 __all__ = list(_EXPORTS)

@@ -251,13 +251,11 @@ def yolact_postprocess(
     )
     global_masks = out.get("pred_global_masks")
     out.remove("pred_global_masks")
-    if len(out) == 0:
-        out.pred_masks = torch.zeros(
-            (0, int(output_height), int(output_width)), dtype=torch.bool, device=boxes.device)
-        return out
+    # One path for any number of detections (an (n, 1, Hp, Wp) batch resizes even when n = 0),
+    # and tensor output sizes passed on as they are: when the model is traced for export
+    # (mayolact.export) a branch on len(out) or an int() would be frozen into the graph.
+    size = [s if isinstance(s, Tensor) else int(s) for s in (output_height, output_width)]
     resized = F.interpolate(
-        global_masks[None], size=(int(output_height), int(output_width)), mode="bilinear",
-        align_corners=False,
-    )[0]
+        global_masks[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     out.pred_masks = resized > mask_threshold
     return out

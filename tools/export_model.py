@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Export a YOLACT / maYOLACT model to TorchScript (tracing) and ONNX, post-processing included.
+
+The command-line shell over ``mayolact.export`` (laid out like Detectron2's
+``tools/deploy/export_model.py``): the model is built from the config, its weights loaded, traced
+through Detectron2's ``TracingAdapter`` on one sample image, and written as ``model.ts`` and / or
+``model.onnx`` in ``--output``. ``--check`` runs the written files (ONNX in onnxruntime on the CPU)
+on the sample image and prints how far they are from the eager model.
+
+Examples::
+
+    python tools/export_model.py --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
+        --output output/export --check MODEL.WEIGHTS model_final.pth
+    python tools/export_model.py --config-file <cfg> --format onnx \
+        --sample-image ../shared/data/coco_mini/val2017/000000000139.jpg --output output/export
+    python tools/demo.py --exported output/export/model.onnx --input image.jpg --output output/vis
+"""
+import argparse
+import logging
+import sys
+
+#: The keys of ``mayolact.export.EXPORT_FORMATS``, spelled out so that ``--help`` imports no torch.
+FORMATS = ("onnx", "torchscript")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
+                        help="output formats (default: both)")
+    parser.add_argument("--sample-image", default=None,
+                        help="image to trace with (default: the first image of DATASETS.TEST[0])")
+    parser.add_argument("--output", required=True, help="output folder for model.ts / model.onnx")
+    parser.add_argument("--check", action="store_true",
+                        help="run the exported models on the sample image and compare with eager")
+    parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs")
+    return parser
+
+
+def sample_image_path(cfg, sample_image):
+    """``sample_image``, else the first image of the config's first test set."""
+    from detectron2.data import DatasetCatalog
+
+    if sample_image:
+        return sample_image
+    if not cfg.DATASETS.TEST:
+        raise ValueError("no --sample-image and the config has no DATASETS.TEST to take one from")
+    dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])
+    if not dicts:
+        raise ValueError(f"DATASETS.TEST[0] ({cfg.DATASETS.TEST[0]}) is empty; give --sample-image")
+    return dicts[0]["file_name"]
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    # Heavy imports after the parse, so that --help answers at once.
+    import torch
+    from detectron2.data.detection_utils import read_image
+    from detectron2.utils.logger import setup_logger
+
+    import mayolact  # noqa: F401  (registers everything)
+    from mayolact.config import ConfigError, load_config
+    from mayolact.export import (
+        ExportedYOLACTPredictor,
+        compare_instances,
+        export_model,
+        sample_inputs,
+    )
+    from mayolact.predictor import YOLACTPredictor
+
+    setup_logger(name="mayolact")
+    logger = setup_logger()
+    try:
+        # Exports are traced on the CPU: the graphs keep the tracing device in their constants.
+        cfg = load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg.freeze()
+    try:
+        path = sample_image_path(cfg, args.sample_image)
+        image = read_image(path, format="BGR")  # raises naming the file if unreadable
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    predictor = YOLACTPredictor(cfg)
+    x = predictor.preprocess(image)
+    paths = export_model(cfg, predictor.model, sample_inputs(x["image"], x["height"], x["width"]),
+                         args.output, args.format)
+    for fmt, written in paths.items():
+        logger.info("wrote %s (%s, traced on %s)", written, fmt, path)
+
+    if args.check:
+        with torch.no_grad():
+            expected = predictor(image)["instances"]
+        for fmt, written in paths.items():
+            diff = compare_instances(expected, ExportedYOLACTPredictor(written)(image)["instances"])
+            print(f"{fmt}: " + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main())
