@@ -5,7 +5,7 @@ export PYTHON
 # The tests and the demo are CPU work; keep BLAS from oversubscribing the 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test demo benchmarks clean
+.PHONY: install test test-fast demo figures benchmarks clean
 
 install:
 	@bash scripts/install.sh
@@ -16,8 +16,19 @@ test: install
 	@bash scripts/install_peer.sh || echo "[install_peer] not installed: the mmdetection peer tests will skip"
 	$(PYTHON) -m pytest -q tests
 
+# The unit tests only: everything but the end-to-end runs marked slow (see CONTRIBUTING.md).
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
 demo: install
 	$(PYTHON) tools/demo_job.py --output output/demo
+
+# The paper's Figures 1, 3a and 3c on coco_mini (../shared) and the shapes set; Figure 2 needs a
+# trained model (see README, "The paper's figures").
+figures: install
+	$(PYTHON) tools/plot_figures.py mob-histogram --dataset coco_mini_train mayolact_shapes_train --output output/figures/fig3a.png
+	$(PYTHON) tools/plot_figures.py iou-vs-maiou --dataset coco_mini_train --output output/figures/fig3c.png
+	$(PYTHON) tools/plot_figures.py anchor-disagreement --dataset coco_mini_val --output output/figures/fig1.png
 
 benchmarks: install
 	$(PYTHON) tools/benchmark_assigner.py

@@ -125,3 +125,34 @@ def test_cuda():
     for a, b in zip(cpu, gpu):
         assert b.tensor.device.type == "cuda"
         torch.testing.assert_close(b.tensor.cpu(), a.tensor, atol=1e-4, rtol=0)
+
+
+def test_feature_sizes_and_anchors_for_input():
+    """The one feature-size formula against the hand-computed sides, and the anchors a config
+    gives an input without a model: ATSS (1 or 2 per location) and the fixed-IoU row."""
+    from common import BASE_CONFIG, CONFIGS, get_config
+    from mayolact.anchor_generator import anchors_for_input, feature_level, feature_sizes
+    from mayolact.config import merge_config_row
+
+    for size, sides in FEATURE_SIZES.items():
+        assert feature_sizes(size) == list(sides)
+    assert feature_sizes(128, [3, 7]) == [16, 1]
+    assert feature_level("p5") == 5
+    with pytest.raises(ValueError, match="res_last"):
+        feature_level("res_last")
+    atss = get_config(BASE_CONFIG)
+    levels = anchors_for_input(atss)
+    assert [len(b) for b in levels] == [s * s for s in FEATURE_SIZES[550]]
+    assert sum(len(b) for b in levels) == 6416
+    assert levels[0].tensor[0].tolist() == [-16.0, -16.0, 16.0, 16.0]
+    assert sum(len(b) for b in anchors_for_input(atss, 700)) == 10321
+    two = get_config(CONFIGS / "COCO-InstanceSegmentation" / "mayolact_R_50_FPN_550.yaml")
+    assert sum(len(b) for b in anchors_for_input(two)) == 12832
+    fixed = merge_config_row(get_config(BASE_CONFIG), str(CONFIGS / "rows" / "assigners.yaml"),
+                             "fixed_iou")
+    assert sum(len(b) for b in anchors_for_input(fixed)) == 19248
+    assert sum(len(b) for b in anchors_for_input(fixed, 400)) == 10077
+    # The 550 geometry at 400: the same float strides as at 550.
+    built = build_anchor_generator(fixed, SHAPES)(feats(400))
+    for a, b in zip(anchors_for_input(fixed, 400), built):
+        torch.testing.assert_close(a.tensor, b.tensor, atol=0, rtol=0)

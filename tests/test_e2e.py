@@ -103,6 +103,7 @@ def quick_data(small_shapes):
 
 
 # ------------------------------------------------------------ 1. train + eval-only on coco_mini
+@pytest.mark.slow
 def test_train_then_eval_only_on_coco_mini(coco_mini, tmp_path, monkeypatch):
     train = register_subset(
         "e2e_coco_mini_train_hard",
@@ -159,6 +160,7 @@ def test_train_then_eval_only_on_coco_mini(coco_mini, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------ 2. every quick config: train + inference
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
     [
@@ -231,6 +233,7 @@ def _build_full(name):
     return cfg, model
 
 
+@pytest.mark.slow
 def test_full_config_trains(small_shapes):
     """Two training iterations of maYOLACT-550 (at 400, for CPU time): finite losses, a gradient
     for every parameter, finite weights after the steps."""
@@ -262,6 +265,7 @@ def test_full_config_trains(small_shapes):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FULL_CONFIGS))
 def test_full_config_builds_and_infers(name, small_shapes):
     size, per_location, _, forward = FULL_CONFIGS[name]

@@ -402,6 +402,7 @@ def test_tool_losses_by_mob_real_model(tiny_shapes, tmp_path, capsys):
     assert len(res["raw"]["neg_cls"]) > 0
 
 
+@pytest.mark.slow
 def test_tool_runs_as_script(tmp_path):
     out = tmp_path / "mob.png"
     proc = run_tool("plot_figures", ["mob-histogram", "--dataset", "mayolact_shapes_val",
@@ -412,6 +413,7 @@ def test_tool_runs_as_script(tmp_path):
     _check_png(out)
 
 
+@pytest.mark.slow
 def test_coco_mini_mob_share_and_tools(coco_mini, tmp_path):
     train = _coco_mini_name(coco_mini, "train")
     ratios = an.gt_mob_ratios(train)

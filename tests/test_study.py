@@ -41,6 +41,7 @@ def test_summary_mean_and_std_over_seeds():
     assert summary[0]["segm_AP_std"] == 0.0
 
 
+@pytest.mark.slow
 def test_study_runs_every_assigner_end_to_end(tmp_path):
     out = tmp_path / "study"
     proc = run_tool("compare_assigners", [

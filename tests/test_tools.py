@@ -42,6 +42,7 @@ def sample_images(tmp_path_factory):
 
 
 # ------------------------------------------------------------ two-process CPU training (gloo)
+@pytest.mark.slow
 def test_two_process_cpu_training(tmp_path):
     out = tmp_path / "out"
     cmd = [PYTHON, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2",
@@ -172,6 +173,7 @@ def test_demo_missing_input_names_the_path(tmp_path, capsys):
     assert str(missing_video) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_unknown_config_key_exits_2(sample_images, tmp_path):
     """Through the real command line: exit status 2 and the key named on stderr."""
     proc = subprocess.run(
