@@ -4,8 +4,9 @@
     python tools/plot_figures.py mob-histogram --dataset coco_mini_train mayolact_shapes_train
     python tools/plot_figures.py iou-vs-maiou --dataset coco_mini_val
     python tools/plot_figures.py anchor-disagreement --dataset coco_mini_val --num-images 50
-    python tools/plot_figures.py losses-by-mob --config-file configs/shapes/mayolact_shapes_demo.yaml \\
-        --dataset mayolact_shapes_val MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/plot_figures.py losses-by-mob \\
+        --config-file configs/shapes/mayolact_shapes_demo.yaml --dataset mayolact_shapes_val \\
+        MODEL.WEIGHTS output/demo/model_final.pth
 
 ``python tools/plot_figures.py FIGURE --help`` lists a figure's options. The anchors of Figures 1
 and 3c come from ``--config-file`` (default ``Base-YOLACT.yaml``: one square anchor per location,

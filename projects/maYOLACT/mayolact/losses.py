@@ -185,7 +185,8 @@ def smooth_l1_box_loss(
         Tensor: float32 scalar ("sum"; ``0 * sum(pred_deltas)`` when M = 0) or (M,) ("none").
     """
     if reduction not in ("sum", "none"):
-        raise ValueError(f"smooth_l1_box_loss: reduction must be 'sum' or 'none', got {reduction!r}")
+        raise ValueError(
+            f"smooth_l1_box_loss: reduction must be 'sum' or 'none', got {reduction!r}")
     if pred_deltas.shape != anchors.shape or pred_deltas.shape != target_boxes.shape or (
         pred_deltas.dim() != 2 or pred_deltas.shape[1] != 4
     ):

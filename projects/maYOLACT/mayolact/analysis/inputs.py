@@ -16,7 +16,11 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 
 from mayolact.data.augmentation import SquareResize, filter_small_gts
-from mayolact.data.dataset_mapper import YOLACTDatasetMapper, decode_segmentations, parse_annotations
+from mayolact.data.dataset_mapper import (
+    YOLACTDatasetMapper,
+    decode_segmentations,
+    parse_annotations,
+)
 
 __all__ = [
     "DatasetLike",

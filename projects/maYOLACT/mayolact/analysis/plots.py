@@ -102,8 +102,8 @@ def plot_iou_vs_maiou(iou: np.ndarray, maiou: np.ndarray, bins: int, threshold: 
     return save_figure(fig, output, dpi=120)
 
 
-def plot_anchor_disagreement(shown: Dict[str, List[Dict]], drawings: Dict[Tuple[str, int], np.ndarray],
-                             output: str) -> str:
+def plot_anchor_disagreement(shown: Dict[str, List[Dict]],
+                             drawings: Dict[Tuple[str, int], np.ndarray], output: str) -> str:
     """Figure 1: one column per kind of :data:`FIGURE1_KINDS`, one drawn example per row."""
     plt = _pyplot()
     rows = max(1, max(len(v) for v in shown.values()))
