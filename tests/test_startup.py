@@ -102,3 +102,62 @@ def test_known_warning_filters_are_narrow():
     assert sum("torch.jit.script" in m for m in messages) == 1, messages
     assert "something else" in messages
     assert all(len(k) == 3 for k in KNOWN_WARNINGS)
+
+
+# ------------------------------------------------------------------------------- tools' --help
+#: Run in a fresh interpreter: the tool runs as a script with ``--help``; the first parse stops
+#: it, after listing the options without help text and the heavy modules imported by then.
+HELP_PROBE = r"""
+import argparse, runpy, sys
+path = sys.argv[1]
+
+def options(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from options(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            yield action
+
+def probe(self, args=None, namespace=None):
+    missing = [a.option_strings[0] if a.option_strings else a.dest
+               for a in options(self) if not (a.help or "").strip()]
+    heavy = [m for m in ("torch", "detectron2", "cv2", "matplotlib") if m in sys.modules]
+    print("MISSING_HELP", missing)
+    print("HEAVY", heavy)
+    sys.exit(0)
+
+argparse.ArgumentParser.parse_known_args = probe
+sys.argv = [path, "--help"]
+runpy.run_path(path, run_name="__main__")
+"""
+
+TOOLS = [REPO / "tools" / f"{name}.py" for name in ("train_net", "demo", "demo_job")]
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=[t.stem for t in TOOLS])
+def test_tool_help_is_instant_and_complete(tool):
+    """``--help`` is answered before torch, Detectron2, OpenCV or matplotlib are imported (so in
+    well under 2 s), and every option of every (sub-)command says what it does."""
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE, str(tool)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MISSING_HELP []" in proc.stdout, proc.stdout
+    assert "HEAVY []" in proc.stdout, proc.stdout
+
+
+def test_training_parser_matches_detectron2s():
+    """tools/train_net.py parses with mayolact.cli's parser (no torch needed); it must accept
+    what Detectron2's default_argument_parser accepts, with the same defaults."""
+    from detectron2.engine import default_argument_parser
+
+    from mayolact.cli import finish_training_args, training_argument_parser
+
+    def signature(parser):
+        return {a.dest: (tuple(a.option_strings), a.nargs, a.const, type(a).__name__, a.type)
+                for a in parser._actions}
+
+    ours, theirs = training_argument_parser(), default_argument_parser()
+    assert signature(ours) == signature(theirs)
+    argv = ["--config-file", "x.yaml", "--num-gpus", "2", "--eval-only", "SOLVER.MAX_ITER", "5"]
+    assert vars(finish_training_args(ours.parse_args(argv))) == vars(theirs.parse_args(argv))

@@ -106,12 +106,13 @@ def test_demo_draws_on_images(sample_images, demo_weights, tmp_path):
                       "--confidence-threshold", 0, "MODEL.WEIGHTS", demo_weights])
     assert code == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(Path(f).stem + ".png" for f in sample_images)
+    assert written == sorted(Path(f).name for f in sample_images)  # each in its input's format
     for f in sample_images:
         original = cv2.imread(f, cv2.IMREAD_COLOR)
-        drawn = cv2.imread(str(out / (Path(f).stem + ".png")), cv2.IMREAD_COLOR)
+        drawn = cv2.imread(str(out / Path(f).name), cv2.IMREAD_COLOR)
         assert drawn.shape == original.shape
-        changed = np.abs(drawn.astype(np.int16) - original.astype(np.int16)).max(axis=2) > 0
+        # Far beyond JPEG re-encoding noise: masks, boxes and labels.
+        changed = np.abs(drawn.astype(np.int16) - original.astype(np.int16)).max(axis=2) > 48
         assert changed.mean() > 0.01, f"{f}: nothing was drawn"
 
 
@@ -123,8 +124,7 @@ def test_demo_folder_input(sample_images, tmp_path):
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "vis"
     assert _run_demo(["--config-file", QUICK_CONFIG, "--input", folder, "--output", out]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        Path(f).stem + ".png" for f in sample_images[:2])
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(f).name for f in sample_images[:2])
 
 
 def test_demo_video(demo_weights, tmp_path):

@@ -15,16 +15,10 @@ Exit status: 0 when every input was drawn; 1 when an input is missing or some im
 read (each is named on stderr; the others are drawn); 2 for a bad config or output path.
 """
 import argparse
-import logging
 import os
 import sys
 
-from detectron2.utils.logger import setup_logger
-
-import mayolact  # noqa: F401  (registers everything)
-from mayolact.checks import PreflightError, check_datasets_registered, check_writable
-from mayolact.config import ConfigError, load_config
-from mayolact.visualization import Demo, expand_inputs
+import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
 
 
 def get_parser():
@@ -45,8 +39,13 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logger(name="mayolact")
-    logger = setup_logger()
+    # After parsing: --help and usage errors need none of these.
+    from mayolact.checks import PreflightError, check_datasets_registered, check_writable
+    from mayolact.config import ConfigError, load_config
+    from mayolact.logger import setup_logging
+    from mayolact.visualization import Demo, expand_inputs
+
+    logger = setup_logging(with_detectron2=True)
     if not args.input and not args.video_input:
         print("error: give --input or --video-input", file=sys.stderr)
         return 2
@@ -102,5 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     sys.exit(main())

@@ -4,8 +4,9 @@
 1. trains ``configs/shapes/mayolact_shapes_demo.yaml`` (a CPU-sized maYOLACT: ATSS w. maIoU, CARAFE
    FPN, DCNv2, two anchors per location, cosine schedule) from scratch on ``mayolact_shapes_train``,
    logging losses, speed and ETA;
-2. evaluates on ``mayolact_shapes_val`` with COCOEvaluator (bbox and segm AP) and oLRP, printing the
-   tables and writing ``metrics.json``;
+2. evaluates on ``mayolact_shapes_val`` with COCOEvaluator (bbox and segm AP) and oLRP, logging the
+   tables (console and ``log.txt``) and writing ``demo_summary.json`` beside Detectron2's
+   per-iteration ``metrics.json``;
 3. draws the validation predictions with Detectron2's Visualizer into ``<output>/vis/``.
 
 Everything lands in ``--output`` (default ``output/demo``). Extra arguments are config overrides.
@@ -16,26 +17,7 @@ import os
 import sys
 import time
 
-import cv2
-
-from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
-from detectron2.engine import default_setup
-
-import mayolact  # noqa: F401
-from mayolact.checkpoint import YOLACTCheckpointer
-from mayolact.config import ConfigError, load_config
-from mayolact.engine import Trainer
-from mayolact.file_io import write_image_atomic, write_json_atomic
-from mayolact.visualization import Demo
-
-
-class _DemoTrainer(Trainer):
-    """The project's trainer without the evaluation hook: the job evaluates once, itself, so that
-    training and evaluation are timed apart."""
-
-    eval_after_train = False
-
+import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "mayolact_shapes_demo.yaml")
@@ -43,12 +25,29 @@ DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "mayolact_shapes_demo.y
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config-file", default=DEFAULT_CONFIG)
+    p.add_argument("--config-file", default=DEFAULT_CONFIG,
+                   help="config to train (default: configs/shapes/mayolact_shapes_demo.yaml)")
     p.add_argument("--output", default="output/demo", help="output folder")
     p.add_argument("--num-vis", type=int, default=12, help="validation images to draw")
     p.add_argument("--eval-only", action="store_true", help="skip training; use MODEL.WEIGHTS or the last run")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args(argv)
+    # After parsing: --help and usage errors need none of these.
+    from detectron2.data import DatasetCatalog
+
+    from mayolact.checkpoint import YOLACTCheckpointer
+    from mayolact.config import ConfigError, load_config
+    from mayolact.engine import Trainer
+    from mayolact.file_io import write_json_atomic
+    from mayolact.logger import default_setup
+    from mayolact.visualization import Demo
+
+    class DemoTrainer(Trainer):
+        """The project's trainer without the evaluation hook: the job evaluates once, itself, so
+        that training and evaluation are timed apart."""
+
+        eval_after_train = False
+
     try:
         # The demo trains afresh each time: a rerun replaces the previous demo's checkpoints.
         fresh = ["OUTPUT_DIR", args.output, "SOLVER.YOLACT.OVERWRITE_CHECKPOINTS", "True"]
@@ -57,6 +56,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg.freeze()
+    # Detectron2's setup and the project's loggers: one log.txt with the oLRP tables too.
     default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=False))
     logger = logging.getLogger("mayolact.demo")
 
@@ -68,7 +68,7 @@ def main(argv=None):
     else:
         for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
             logger.info("dataset %s: %d images", name, len(DatasetCatalog.get(name)))
-        trainer = _DemoTrainer(cfg)
+        trainer = DemoTrainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()
         model = trainer.model
@@ -84,11 +84,8 @@ def main(argv=None):
     demo = Demo(cfg_vis, metadata_name=cfg.DATASETS.TEST[0], confidence_threshold=0.3)
     vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
     os.makedirs(vis_dir, exist_ok=True)
-    for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.num_vis]:
-        image = read_image(d["file_name"], format=cfg.INPUT.FORMAT)
-        _, drawing = demo.draw(image)
-        out = os.path.join(vis_dir, os.path.splitext(os.path.basename(d["file_name"]))[0] + ".png")
-        write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
+    demo.draw_files([d["file_name"] for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.num_vis]],
+                    vis_dir)
 
     summary = {
         "config": os.path.relpath(args.config_file, REPO),
@@ -96,12 +93,13 @@ def main(argv=None):
         "eval_seconds": round(eval_time, 1),
         "results": {task: dict(v) for task, v in results.items()},
     }
-    write_json_atomic(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), summary, indent=2)
+    # Beside Detectron2's metrics.json (one line per logged iteration), which stays as it is.
+    summary_file = os.path.join(cfg.OUTPUT_DIR, "demo_summary.json")
+    write_json_atomic(summary_file, summary, indent=2)
     segm = results.get("segm", {})
     print(f"\nmaYOLACT demo: mask AP {segm.get('AP', float('nan')):.1f}, "
           f"box AP {results.get('bbox', {}).get('AP', float('nan')):.1f}; trained in {train_time / 60:.1f} min, "
-          f"evaluated in {eval_time:.0f} s; drawings in {vis_dir}, metrics in "
-          f"{os.path.join(cfg.OUTPUT_DIR, 'metrics.json')}")
+          f"evaluated in {eval_time:.0f} s; drawings in {vis_dir}, results in {summary_file}")
     return 0
 
 

@@ -20,35 +20,34 @@ Exit status: 0 when done; 2 for a bad config or a failed check; 143 (SIGTERM) or
 when a signal stopped training after a checkpoint (continue with ``--resume``).
 """
 import contextlib
-import logging
 import signal
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-from torch.multiprocessing import ProcessExitedException
+import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
+from mayolact.cli import finish_training_args, training_argument_parser
 
-import mayolact  # noqa: F401  (registers the model, backbones and datasets)
-from mayolact.checkpoint import YOLACTCheckpointer
-from mayolact.config import ConfigError, load_config
-from mayolact.checks import PreflightError, preflight
-from mayolact.engine import Trainer
-from mayolact.resilience import STOP_SIGNALS, forward_signals_to_workers
+# The heavy imports (torch, Detectron2) are in the functions: --help needs none of them.
 
 
 def setup(args):
-    """Create the config from ``args`` and run Detectron2's default setup (logging, output dir)."""
+    """Create the config from ``args`` and run Detectron2's default setup (logging, output dir)
+    with the project's loggers (checkpoints, stops, checks, the oLRP tables) in the same log."""
+    from mayolact.config import load_config
+    from mayolact.logger import default_setup
+
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
-    # The project's own log lines (checkpoints, stops, checks) go to the console and log.txt too.
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mayolact")
     return cfg
 
 
 def main(args):
+    from detectron2.evaluation import verify_results
+    from detectron2.utils import comm
+
+    from mayolact.checkpoint import YOLACTCheckpointer
+    from mayolact.engine import Trainer
+
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -66,7 +65,17 @@ def main(args):
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    description, examples = __doc__.split("Examples::")
+    args = training_argument_parser(description.split("\n")[0], "examples:" + examples
+                                    ).parse_args(argv)
+    from detectron2.engine import launch
+    from torch.multiprocessing import ProcessExitedException
+
+    from mayolact.checks import PreflightError, preflight
+    from mayolact.config import ConfigError, load_config
+    from mayolact.resilience import STOP_SIGNALS, forward_signals_to_workers
+
+    args = finish_training_args(args)
     print("Command Line Args:", args)
     try:
         # Fail here, in seconds and once, not in each worker after building the model.
@@ -84,8 +93,7 @@ def cli(argv=None):
                 args=(args,),
             )
     except (ConfigError, PreflightError) as e:
-        logging.getLogger("mayolact").error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # once: no logger is set up yet
         sys.exit(2)
     except ProcessExitedException as e:
         # A worker that stopped on a signal (after its checkpoint: 128 + signal; before training

@@ -34,19 +34,25 @@ def filter_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
-def setup_logging(output_dir=None, distributed_rank: int = 0) -> logging.Logger:
+def setup_logging(output_dir=None, distributed_rank: int = 0, *,
+                  with_detectron2: bool = False) -> logging.Logger:
     """Send the ``mayolact`` loggers' INFO lines to the console (main process) and to
     ``output_dir/log.txt`` (``log.txt.rank<N>`` for the others), as Detectron2's own.
 
     Args:
         output_dir: the run's folder (``OUTPUT_DIR``), or None for the console only.
         distributed_rank: this process's rank.
+        with_detectron2: also set up the ``detectron2`` and ``fvcore`` loggers the same way, for
+            tools that do not run Detectron2's ``default_setup`` (the demo, the figures).
 
     Returns:
         the ``mayolact`` logger.
     """
     from detectron2.utils.logger import setup_logger
 
+    if with_detectron2:
+        setup_logger(output_dir, distributed_rank, name="fvcore")
+        setup_logger(output_dir, distributed_rank)
     return setup_logger(output_dir, distributed_rank, name="mayolact", abbrev_name="mayolact")
 
 

@@ -1,5 +1,6 @@
 """Drawing predictions: the predictor and Detectron2's ``Visualizer`` behind ``tools/demo.py`` and
 ``tools/demo_job.py``."""
+import collections
 import glob
 import logging
 import os
@@ -96,8 +97,16 @@ class Demo:
         vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
         return instances, vis.draw_instance_predictions(instances).get_image()
 
+    def describe(self, instances) -> str:
+        """The classes of ``instances`` by name and count, most frequent first ("disc 3, bar 1")."""
+        classes = self.metadata.get("thing_classes", None) or []
+        counts = collections.Counter(
+            classes[c] if c < len(classes) else str(c) for c in instances.pred_classes.tolist())
+        return ", ".join(f"{name} {n}" for name, n in counts.most_common())
+
     def draw_files(self, files: Sequence[str], output: str) -> List[str]:
-        """Draw each image file into ``output/<stem>.png``; a file that cannot be read is
+        """Draw each image file into ``output`` under its own name, so in its own format (a JPEG
+        stays a JPEG; PNG for an extension OpenCV cannot write); a file that cannot be read is
         reported (logged with its name) and skipped, the others are drawn.
 
         Returns:
@@ -113,9 +122,11 @@ class Demo:
                 continue
             start = time.perf_counter()
             instances, drawing = self.draw(image)
-            logger.info("%s: %d instances in %.2fs", path, len(instances),
-                        time.perf_counter() - start)
-            out = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+            logger.info("%s: %d instances in %.2fs (%s)", path, len(instances),
+                        time.perf_counter() - start, self.describe(instances) or "none")
+            out = os.path.join(output, os.path.basename(path))
+            if not cv2.haveImageWriter(out):
+                out = os.path.splitext(out)[0] + ".png"
             write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
         return failed
 
