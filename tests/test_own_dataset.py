@@ -67,6 +67,7 @@ def run_tool(args, cwd, timeout=600):
     return proc
 
 
+@pytest.mark.slow
 def test_own_coco_dataset_trains_evaluates_draws_and_plots(own_data, tmp_path):
     # The README's config: a quick config plus the data, NUM_CLASSES left to the dataset.
     config = tmp_path / "my_data.yaml"
