@@ -16,13 +16,7 @@ import logging
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-
-import mayolact  # noqa: E402,F401  (registers the model and the datasets)
-from mayolact.analysis.figures import run  # noqa: E402
-from mayolact.config import ConfigError  # noqa: E402
+from mayolact.analysis.figures import build_parser, run_figure
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "COCO-InstanceSegmentation", "Base-YOLACT.yaml")
@@ -30,13 +24,18 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def main(argv=None):
     """Run one figure; returns its numbers (see ``mayolact.analysis.figures``)."""
-    return run(argv, DEFAULT_CONFIG, __doc__.split("\n")[0])
+    # Parsed before torch, Detectron2 or matplotlib is imported: --help answers at once.
+    args = build_parser(DEFAULT_CONFIG, __doc__.split("\n")[0]).parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    return run_figure(args)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     try:
         main(sys.argv[1:])
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

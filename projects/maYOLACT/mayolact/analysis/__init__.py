@@ -9,36 +9,38 @@
 * :mod:`~mayolact.analysis.plots`: matplotlib drawing and atomic :func:`save_figure`;
 * :mod:`~mayolact.analysis.figures`: the sub-commands of ``tools/plot_figures.py``.
 """
-from mayolact.analysis.inputs import (
-    DatasetLike,
-    figure_mapper,
-    get_dataset_dicts,
-    mapped_batches,
-    mapped_inputs,
-    original_gts,
-)
-from mayolact.analysis.losses import (
-    bin_statistics,
-    iou_band_matcher,
-    losses_by_mob,
-    per_anchor_losses,
-)
-from mayolact.analysis.overlaps import disagreement_examples, gt_mob_ratios, iou_maiou_pairs
-from mayolact.analysis.plots import save_figure
+import importlib
 
-__all__ = [
-    "DatasetLike",
-    "figure_mapper",
-    "get_dataset_dicts",
-    "mapped_batches",
-    "mapped_inputs",
-    "original_gts",
-    "bin_statistics",
-    "iou_band_matcher",
-    "losses_by_mob",
-    "per_anchor_losses",
-    "disagreement_examples",
-    "gt_mob_ratios",
-    "iou_maiou_pairs",
-    "save_figure",
-]
+#: Public name -> the submodule that defines it; loaded on first use (PEP 562), so that
+#: ``tools/plot_figures.py --help`` answers before torch and Detectron2 are imported.
+_EXPORTS = {
+    "DatasetLike": "inputs",
+    "figure_mapper": "inputs",
+    "get_dataset_dicts": "inputs",
+    "mapped_batches": "inputs",
+    "mapped_inputs": "inputs",
+    "original_gts": "inputs",
+    "bin_statistics": "losses",
+    "iou_band_matcher": "losses",
+    "losses_by_mob": "losses",
+    "per_anchor_losses": "losses",
+    "disagreement_examples": "overlaps",
+    "gt_mob_ratios": "overlaps",
+    "iou_maiou_pairs": "overlaps",
+    "save_figure": "plots",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    """Load a public name on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

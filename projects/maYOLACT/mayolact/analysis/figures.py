@@ -7,6 +7,9 @@ Each sub-command computes the numbers (:mod:`mayolact.analysis.overlaps`,
 * ``iou-vs-maiou`` (Figure 3c): IoU vs maIoU of every (GT, anchor) pair with IoU > 0;
 * ``anchor-disagreement`` (Figure 1): anchors on which IoU and maIoU disagree most;
 * ``losses-by-mob`` (Figure 2): a trained model's per-anchor losses by the anchors' MOB ratio.
+
+The parser (:func:`build_parser`) needs neither torch nor Detectron2, so a tool's ``--help``
+answers at once; the figures import what they compute with when they run.
 """
 import argparse
 import logging
@@ -16,17 +19,13 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from mayolact.analysis import plots
-from mayolact.analysis.inputs import figure_mapper, mapped_batches
-from mayolact.analysis.losses import losses_by_mob
-from mayolact.analysis.overlaps import disagreement_examples, gt_mob_ratios, iou_maiou_pairs
-from mayolact.config import load_config
-from mayolact.data.datasets import dataset_arguments, dataset_metadata
 
 __all__ = [
     "FIGURES",
     "add_figure_arguments",
     "build_parser",
     "run",
+    "run_figure",
     "build_trained_model",
     "draw_example",
     "losses_by_mob_figure",
@@ -60,6 +59,8 @@ def add_figure_arguments(parser: argparse.ArgumentParser, *, dataset: Optional[L
 
 
 def _config(args):
+    from mayolact.config import load_config
+
     cfg = load_config(args.config_file, args.opts)
     if args.size:
         cfg.INPUT.YOLACT.SIZE = int(args.size)
@@ -77,6 +78,8 @@ def _mob_histogram_arguments(p, default_config):
 
 
 def _mob_histogram(args) -> Dict[str, np.ndarray]:
+    from mayolact.analysis.overlaps import gt_mob_ratios
+
     edges = np.linspace(0.0, 1.0, args.bins + 1)
     ratios = {name: gt_mob_ratios(name, size=args.size, num_images=args.num_images)
               for name in args.dataset}
@@ -108,6 +111,8 @@ def _iou_vs_maiou_arguments(p, default_config):
 
 
 def _iou_vs_maiou(args) -> Dict[str, np.ndarray]:
+    from mayolact.analysis.overlaps import iou_maiou_pairs
+
     cfg = _config(args)
     pairs = iou_maiou_pairs(args.dataset, cfg, num_images=args.num_images)
     iou, maiou = pairs["iou"], pairs["maiou"]
@@ -150,6 +155,8 @@ def draw_example(example: Dict, metadata) -> np.ndarray:
     scores, as an RGB array (enlarged to about 400 px)."""
     from detectron2.utils.visualizer import Visualizer
 
+    from mayolact.analysis.inputs import figure_mapper
+
     mapped = figure_mapper(example["size"])(example["record"])
     image = mapped["image"].permute(1, 2, 0).numpy().clip(0, 255).astype(np.uint8)  # RGB
     inst = mapped["instances"]
@@ -166,6 +173,9 @@ def draw_example(example: Dict, metadata) -> np.ndarray:
 
 
 def _anchor_disagreement(args) -> Dict[str, List[Dict]]:
+    from mayolact.analysis.overlaps import disagreement_examples
+    from mayolact.data.datasets import dataset_metadata
+
     cfg = _config(args)
     threshold = args.iou_threshold if args.iou_threshold >= 0 else None
     examples = disagreement_examples(args.dataset, cfg, num_images=args.num_images,
@@ -236,6 +246,9 @@ def print_losses_table(result: Dict) -> None:
 
 def losses_by_mob_figure(model, cfg, args) -> Dict:
     """Compute, print and plot Figure 2 for ``model`` (in eval mode) on ``args.dataset``."""
+    from mayolact.analysis.inputs import mapped_batches
+    from mayolact.analysis.losses import losses_by_mob
+
     dataset = args.dataset or [cfg.DATASETS.TEST[0]]
     size = cfg.INPUT.YOLACT.SIZE
     loader = mapped_batches(dataset, size, batch_size=args.batch_size, num_images=args.num_images,
@@ -284,10 +297,16 @@ def build_parser(default_config: str, description: str = "") -> argparse.Argumen
     return parser
 
 
-def run(argv: Optional[List[str]], default_config: str, description: str = ""):
-    """Parse ``argv`` and run the chosen figure; returns its numbers."""
-    args = build_parser(default_config, description).parse_args(argv)
+def run_figure(args: argparse.Namespace):
+    """Run the figure ``args.figure`` of parsed arguments; returns its numbers."""
+    from mayolact.data.datasets import dataset_arguments
+
     if args.dataset:
         args.dataset = dataset_arguments(args.dataset, args.image_root)
     return FIGURES[args.figure][2](args)
+
+
+def run(argv: Optional[List[str]], default_config: str, description: str = ""):
+    """Parse ``argv`` and run the chosen figure; returns its numbers."""
+    return run_figure(build_parser(default_config, description).parse_args(argv))
 
