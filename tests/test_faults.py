@@ -9,7 +9,6 @@
 * evaluation: a perfect detection file gives oLRP 0; bad results entries are named;
 * the demo: a truncated image among good ones is named and skipped.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -33,42 +32,32 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import mayolact  # noqa: F401  (registers everything)
+from common import PYTHON, QUICK_CONFIG as QUICK, SESSION_SHAPES, get_config, load_tool, tool_env
 from mayolact.checkpoint import CheckpointError, YOLACTCheckpointer, find_checkpoints
 from mayolact.checks import PreflightError, check_output_dir, check_writable
 from mayolact.config import add_mayolact_config
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.samplers import ResumableTrainingSampler
-from mayolact.data.shapes import register_shapes
 from mayolact.evaluation import build_mayolact_evaluator, olrp_from_matches
 from mayolact.resilience import DivergenceGuard, StagedPeriodicCheckpointer, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-QUICK = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
-# The tiny training every run here shares: the quick config on 8 shapes images of 128 px.
+TRAIN_NET = str(REPO / "tools" / "train_net.py")
+# The tiny training every run here shares: the quick config on the session's 8 shapes images
+# (8 classes), at 128 px.
 TINY = ["MODEL.YOLACT.NUM_CLASSES", "8", "INPUT.YOLACT.SIZE", "128", "SOLVER.IMS_PER_BATCH", "2",
         "TEST.DETECTIONS_PER_IMAGE", "10"]
-
-
-def load_tool(name):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+TRAIN, VAL = "mayolact_shapes_train", "mayolact_shapes_val"
 
 
 def train_args(*argv):
     return default_argument_parser().parse_args([str(a) for a in argv])
 
 
-def tool_env(tmp_path):
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-               MAYOLACT_CACHE=str(tmp_path / "cache"), MAYOLACT_SHAPES_TRAIN_IMAGES="8",
-               MAYOLACT_SHAPES_VAL_IMAGES="4", MAYOLACT_SHAPES_SIZE="128")
-    return env
+def session_env(tmp_path):
+    """A subprocess environment whose built-in shapes sets are this session's (same cache, same
+    sizes), so that a run started there can be resumed here."""
+    return tool_env(tmp_path, MAYOLACT_CACHE=os.environ["MAYOLACT_CACHE"], **SESSION_SHAPES)
 
 
 def wait_for(predicate, timeout, what, proc=None):
@@ -85,27 +74,11 @@ def wait_for(predicate, timeout, what, proc=None):
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """8 training and 4 validation shapes images (8 classes), in a module-wide cache that a
-    subprocess can register identically (see ``SUBPROCESS_TRAIN``)."""
-    cache = tmp_path_factory.mktemp("faults_cache")
-    for name, n, seed in (("faults_train", 8, 0), ("faults_val", 4, 1)):
-        if name not in DatasetCatalog.list():
-            register_shapes(name, n, 128, seed, cache_root=str(cache))
-    DatasetCatalog.get("faults_train")  # renders the images now, before any subprocess reads them
-    return SimpleNamespace(train="faults_train", val="faults_val", cache=str(cache))
-
-
-# train_net's command line in a subprocess that first registers the shapes sets of `shapes`.
-SUBPROCESS_TRAIN = """
-import importlib.util, sys
-from mayolact.data.shapes import register_shapes
-register_shapes("faults_train", 8, 128, 0, cache_root=sys.argv[1])
-spec = importlib.util.spec_from_file_location("train_net", sys.argv[2])
-train_net = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_net)
-train_net.cli(sys.argv[3:])
-"""
+def shapes():
+    """The session's built-in shapes sets, rendered now (before a subprocess reads them)."""
+    DatasetCatalog.get(TRAIN)
+    DatasetCatalog.get(VAL)
+    return SimpleNamespace(train=TRAIN, val=VAL)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -126,6 +99,7 @@ checkpointer.save("model_0000003", iteration=3)
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     folder = tmp_path / "run"
     proc = subprocess.run([PYTHON, "-c", KILLED_SAVE, str(folder)], capture_output=True,
@@ -223,7 +197,7 @@ def test_rerun_into_a_used_folder_stops_with_the_two_ways_on(tmp_path, shapes, c
     assert (out / "model_0000009.pth").read_bytes() == before
 
     # The trainer has the same guard (for callers that skip the tool's checks).
-    cfg = train_net.load_config(str(QUICK), ["OUTPUT_DIR", str(out)])
+    cfg = get_config(QUICK, ["OUTPUT_DIR", out])
     with pytest.raises(PreflightError, match="--resume"):
         check_output_dir(cfg, resume=False)
     check_output_dir(cfg, resume=True)
@@ -232,6 +206,7 @@ def test_rerun_into_a_used_folder_stops_with_the_two_ways_on(tmp_path, shapes, c
 
 
 # ---------------------------------------------------------------------------------- signals
+@pytest.mark.slow
 def test_sigterm_saves_the_current_iteration_and_resume_continues_the_stream(
         tmp_path, shapes, monkeypatch):
     out = tmp_path / "out"
@@ -243,10 +218,9 @@ def test_sigterm_saves_the_current_iteration_and_resume_continues_the_stream(
               "SOLVER.CHECKPOINT_PERIOD", "100000"]
     console = tmp_path / "console.txt"  # a file, not a pipe nobody reads while it runs
     with open(console, "w") as sink:
-        proc = subprocess.Popen(
-            [PYTHON, "-c", SUBPROCESS_TRAIN, shapes.cache, str(REPO / "tools" / "train_net.py"),
-             *common, "SOLVER.MAX_ITER", "100000"],
-            env=tool_env(tmp_path), stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([PYTHON, TRAIN_NET, *common, "SOLVER.MAX_ITER", "100000"],
+                                cwd=tmp_path, env=session_env(tmp_path), stdout=sink,
+                                stderr=subprocess.STDOUT)
     try:
         log = out / "log.txt"
         wait_for(lambda: log.is_file() and "Starting training" in log.read_text(), 240,
@@ -342,10 +316,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     out = tmp_path / "out"
-    cmd = [PYTHON, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2",
+    cmd = [PYTHON, TRAIN_NET, "--num-gpus", "2",
            "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "--config-file", str(QUICK),
            *TINY, "DATASETS.TRAIN", "('mayolact_shapes_train',)", "DATASETS.TEST", "()",
            "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000",
@@ -375,6 +350,7 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
 
 
 # ------------------------------------------------------------------------------- divergence
+@pytest.mark.slow
 def test_exploding_learning_rate_keeps_only_healthy_checkpoints(tmp_path, shapes):
     out = tmp_path / "out"
     train_net = load_tool("train_net")
@@ -449,8 +425,9 @@ def test_staged_checkpoint_is_dropped_when_the_next_loss_diverges(tmp_path):
 
 
 # ---------------------------------------------------------------------- up-front checks
+@pytest.mark.slow
 def test_misspelt_test_dataset_fails_in_seconds(tmp_path):
-    cmd = [PYTHON, str(REPO / "tools" / "train_net.py"), "--config-file", str(QUICK), *TINY,
+    cmd = [PYTHON, TRAIN_NET, "--config-file", str(QUICK), *TINY,
            "DATASETS.TRAIN", "('mayolact_shapes_train',)",
            "DATASETS.TEST", "('mayolact_shapes_vall',)", "OUTPUT_DIR", str(tmp_path / "out")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(tmp_path), capture_output=True,
@@ -485,6 +462,7 @@ def test_unwritable_output_is_found_before_anything_runs(tmp_path):
     assert not (tmp_path / "new").exists()  # probing creates nothing
 
 
+@pytest.mark.slow
 def test_dataset_without_a_usable_gt_names_the_dataset_and_min_gt_size(tmp_path):
     image = tmp_path / "img0.png"
     cv2.imwrite(str(image), np.full((48, 64, 3), 90, np.uint8))
@@ -636,7 +614,7 @@ def test_bad_results_entries_are_named(tmp_path, backend, capsys):
 def demo_weights(tmp_path_factory):
     from detectron2.modeling import build_model
 
-    cfg = load_tool("train_net").load_config(str(QUICK), ["MODEL.YOLACT.NUM_CLASSES", "80"])
+    cfg = get_config(QUICK, ["MODEL.YOLACT.NUM_CLASSES", 80])
     torch.manual_seed(0)
     model = build_model(cfg)
     folder = tmp_path_factory.mktemp("weights")
@@ -659,7 +637,7 @@ def test_demo_skips_and_names_an_unreadable_image(tmp_path, demo_weights, capsys
     assert code == 1
     err = capsys.readouterr().err
     assert str(folder / "b.jpg") in err and "1 of 3 inputs could not be read" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    assert sorted(p.stem for p in out.iterdir()) == ["a", "c"]  # the good ones are drawn
 
 
 
