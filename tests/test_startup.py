@@ -132,7 +132,8 @@ sys.argv = [path, "--help"]
 runpy.run_path(path, run_name="__main__")
 """
 
-TOOLS = [REPO / "tools" / f"{name}.py" for name in ("train_net", "demo", "demo_job")]
+TOOLS = [REPO / "tools" / f"{name}.py"
+         for name in ("train_net", "demo", "demo_job", "evaluate", "compare_assigners")]
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=[t.stem for t in TOOLS])

@@ -38,7 +38,29 @@ def test_summary_mean_and_std_over_seeds():
     maiou = summary[1]
     assert maiou["runs"] == 2 and maiou["segm_AP"] == 15.0
     assert maiou["segm_AP_std"] == pytest.approx(7.0710678, rel=1e-6)  # sample std
-    assert summary[0]["segm_AP_std"] == 0.0
+    assert summary[0]["segm_AP_std"] is None  # one run: no spread to report
+
+
+def test_one_seed_is_reported_without_a_spread(monkeypatch):
+    """--seeds 1: no "± 0.0" in the table, no error bars, and an axis that starts at AP 0 even
+    when every AP is 0."""
+    study = load_study()
+    rows = [{"assigner": a, "seed": 0, **{f"{t}_{m}": 0.0 for t in ("segm", "bbox")
+                                          for m in study.METRICS + ["oLRP"]}}
+            for a in ("fixed_iou", "atss_maiou")]
+    summary = study.summarise(rows)
+    md = study.markdown(summary, "one seed")
+    assert "±" not in md and "| fixed_iou | 1 | 0.0 | 0.0 |" in md
+    drawn = {}
+    monkeypatch.setattr("mayolact.analysis.save_figure",
+                        lambda fig, path, dpi=120: drawn.update(fig=fig))
+    study.bar_chart(summary, "unused.png")
+    ax = drawn["fig"].axes[0]
+    assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] > 0.0
+    assert ax.containers[0].errorbar is None
+    assert ax.get_title() == "Assigners (one seed)"
+    two = study.summarise(rows + [dict(r, seed=1, segm_AP=2.0) for r in rows])
+    assert "| fixed_iou | 2 | 1.0 ± 1.4 |" in study.markdown(two, "two seeds")  # several: ±
 
 
 @pytest.mark.slow

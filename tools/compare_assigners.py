@@ -28,14 +28,12 @@ import statistics
 import sys
 import time
 
-from detectron2.engine import default_setup
-from detectron2.utils import comm
-
-import mayolact  # noqa: F401  (registers the model, backbones and datasets)
-from mayolact.analysis import save_figure
+import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
 from mayolact.config import ConfigError, load_config, load_rows, merge_config_row
-from mayolact.engine import Trainer
 from mayolact.file_io import write_json_atomic, write_text_atomic
+
+# Training, evaluation and plotting (torch, Detectron2, matplotlib) are imported where they are
+# used: --help needs none of them.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BASE = os.path.join(REPO, "configs", "shapes", "yolact_shapes_study.yaml")
@@ -57,13 +55,14 @@ def row_config(base_config, assigner, opts=()):
     return merge_config_row(cfg, ASSIGNER_ROWS, rows[assigner]["assigner"])
 
 
-class _StudyTrainer(Trainer):
-    """Evaluation is done once per run, by :func:`run_one`, not also by the trainer's hook."""
-
-    eval_after_train = False
-
-
 def run_one(base_config, assigner, seed, output, opts):
+    from mayolact.engine import Trainer
+
+    class StudyTrainer(Trainer):
+        """Evaluation is done once per run, below, not also by the trainer's hook."""
+
+        eval_after_train = False
+
     out_dir = os.path.join(output, f"{assigner}_seed{seed}")
     cfg = row_config(base_config, assigner, opts)
     # Every run of the study trains afresh: a rerun replaces that run's checkpoints.
@@ -72,7 +71,7 @@ def run_one(base_config, assigner, seed, output, opts):
     cfg.freeze()
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
-    trainer = _StudyTrainer(cfg)
+    trainer = StudyTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     train_min = (time.perf_counter() - start) / 60
@@ -86,7 +85,8 @@ def run_one(base_config, assigner, seed, output, opts):
 
 
 def summarise(rows):
-    """Mean and standard deviation per assigner of every metric column."""
+    """Mean and standard deviation per assigner of every metric column (the std of a single run
+    is None: one seed says nothing about the spread)."""
     keys = [k for k in rows[0] if k not in ("assigner", "seed")]
     out = []
     for a in ASSIGNERS:
@@ -97,7 +97,7 @@ def summarise(rows):
         for k in keys:
             vals = [r[k] for r in runs]
             s[k] = statistics.mean(vals)
-            s[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            s[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
         out.append(s)
     return out
 
@@ -116,7 +116,8 @@ def markdown(summary, title):
         f"mask {m}" if t == "segm" else "box AP" for t, m in cols) + " |",
              "|---|---:|" + "---:|" * len(cols)]
     for s in summary:
-        cells = [f"{s[f'{t}_{m}']:.1f} ± {s[f'{t}_{m}_std']:.1f}" for t, m in cols]
+        cells = [f"{s[f'{t}_{m}']:.1f}" + ("" if s[f"{t}_{m}_std"] is None
+                                            else f" ± {s[f'{t}_{m}_std']:.1f}") for t, m in cols]
         lines.append(f"| {s['assigner']} | {s['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -127,23 +128,33 @@ def bar_chart(summary, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mayolact.analysis import save_figure
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = [s["assigner"] for s in summary]
-    ax.bar(names, [s["segm_AP"] for s in summary], yerr=[s["segm_AP_std"] for s in summary],
+    stds = [s["segm_AP_std"] for s in summary]
+    spread = all(v is not None for v in stds)  # error bars only where there are several seeds
+    ax.bar(names, [s["segm_AP"] for s in summary], yerr=stds if spread else None,
            capsize=4, color=["#999999", "#4c72b0", "#55a868", "#8172b2", "#c44e52"][: len(names)])
+    ax.set_ylim(bottom=0)  # AP is never negative; all-zero bars would otherwise centre on 0
     ax.set_ylabel("mask AP")
-    ax.set_title("Assigners (mean ± std over seeds)")
+    ax.set_title("Assigners (mean ± std over seeds)" if spread else "Assigners (one seed)")
     save_figure(fig, path, dpi=120)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config-file", default=DEFAULT_BASE, help="base config (any assigner)")
-    p.add_argument("--assigners", nargs="+", default=ASSIGNERS, choices=ASSIGNERS)
+    p.add_argument("--assigners", nargs="+", default=ASSIGNERS, choices=ASSIGNERS,
+                   help="rows of configs/rows/compare_assigners.yaml to run (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per assigner")
-    p.add_argument("--output", default="output/compare_assigners")
+    p.add_argument("--output", default="output/compare_assigners",
+                   help="folder of the runs, the tables and the chart")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = p.parse_args(argv)
+    from detectron2.utils import comm
+
+    from mayolact.logger import default_setup
     try:
         base = load_config(args.config_file, args.opts)
     except ConfigError as e:

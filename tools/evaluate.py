@@ -8,7 +8,8 @@ project's datasets) or a COCO instances json (``--gt``).
 
 Examples::
 
-    python tools/evaluate.py output/inference/coco_instances_results.json --dataset coco_2017_val
+    python tools/evaluate.py output/inference/coco_2017_val/coco_instances_results.json \\
+        --dataset coco_2017_val
     python tools/evaluate.py results.json --gt annotations/instances_val2017.json \\
         --tasks segm --backend pycocotools --output metrics.json
 
@@ -23,22 +24,9 @@ import os
 import sys
 import tempfile
 
-from detectron2.utils.logger import create_small_table, setup_logger
+import mayolact  # noqa: F401  (registers the datasets once Detectron2 is imported)
 
-from mayolact.evaluation import (
-    COCO_BACKENDS,
-    SUPPORTED_TASKS,
-    coco_metrics,
-    compute_olrp,
-    format_lrp_table,
-    load_coco_gt,
-    lrp_results_dict,
-    read_coco_results,
-    resolve_coco_backend,
-    run_coco_eval,
-    validate_coco_results,
-    write_json_atomic,
-)
+# The evaluation modules (torch, Detectron2) are imported after parsing: --help needs none.
 
 logger = logging.getLogger("mayolact.evaluate")
 
@@ -60,10 +48,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--tasks",
         nargs="+",
-        choices=SUPPORTED_TASKS,
-        help="default: bbox, and segm if any result has a mask (then all must)",
+        metavar="TASK",
+        help="bbox and/or segm; default: bbox, and segm if any result has a mask (then all must)",
     )
-    parser.add_argument("--backend", default="auto", choices=COCO_BACKENDS, help="COCO AP backend")
+    parser.add_argument(
+        "--backend", default="auto",
+        help="COCO AP backend: auto (faster_coco_eval when installed), pycocotools or "
+             "faster_coco_eval",
+    )
     parser.add_argument(
         "--tau", type=float, default=0.5, help="IoU threshold of LRP's true positives"
     )
@@ -75,7 +67,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quiet", action="store_true", help="no per-class tables, no COCO printout"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    from mayolact.evaluation import COCO_BACKENDS, SUPPORTED_TASKS
+
+    for option, values, allowed in (("--tasks", args.tasks or (), SUPPORTED_TASKS),
+                                    ("--backend", [args.backend], COCO_BACKENDS)):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            parser.error(f"argument {option}: invalid choice {bad[0]!r} (choose from "
+                         f"{', '.join(allowed)})")
+    return args
 
 
 def gt_json_of_dataset(name: str, work_dir: str) -> str:
@@ -107,6 +108,21 @@ def _finite_or_none(obj):
 
 def evaluate(args) -> dict:
     """Run the evaluation described by ``args``; returns ``{task: {metric: value}}`` (x100)."""
+    from detectron2.utils.logger import create_small_table
+
+    from mayolact.evaluation import (
+        coco_metrics,
+        compute_olrp,
+        format_lrp_table,
+        load_coco_gt,
+        lrp_results_dict,
+        read_coco_results,
+        resolve_coco_backend,
+        run_coco_eval,
+        validate_coco_results,
+        write_json_atomic,
+    )
+
     with tempfile.TemporaryDirectory() as work_dir:
         gt_json = args.gt if args.gt else gt_json_of_dataset(args.dataset, work_dir)
         try:
@@ -161,7 +177,9 @@ def evaluate(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="mayolact")
+    from mayolact.logger import setup_logging
+
+    setup_logging(with_detectron2=True)
     try:
         evaluate(args)
     except InputError as e:

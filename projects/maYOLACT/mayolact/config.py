@@ -4,7 +4,6 @@ import math
 import os
 from typing import Dict, Sequence
 
-from detectron2.config import CfgNode as CN
 
 __all__ = ["add_mayolact_config", "ConfigError", "load_config", "load_rows", "merge_config_row"]
 
@@ -20,6 +19,8 @@ def add_mayolact_config(cfg):
     """
     if "YOLACT" in cfg.MODEL:
         return
+    from detectron2.config import CfgNode as CN  # here: importing this module needs no torch
+
     _C = cfg
 
     # ---------------------------------------------------------------- model
@@ -123,6 +124,7 @@ def add_mayolact_config(cfg):
     t.COCO_BACKEND = "auto"  # COCO AP backend: "pycocotools", "faster_coco_eval" or "auto"
     t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
+    t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float rounding)
 
 
 class ConfigError(ValueError):
@@ -201,6 +203,8 @@ def merge_config_row(cfg, rows_file: str, name: str):
         ConfigError: naming the file and the row when the row is unknown or sets an unknown or
             invalid key.
     """
+    from detectron2.config import CfgNode as CN
+
     rows = load_rows(rows_file)
     if name not in rows:
         raise ConfigError(f"{rows_file}: no row '{name}'; rows: {sorted(rows)}")
