@@ -250,6 +250,20 @@ def test_exported_model_reproduces_eager(exported, fmt, coco_images):
     assert total >= len(coco_images)  # the comparison is not vacuous
 
 
+def test_benchmark_times_exported_models(exported, capsys):
+    """tools/benchmark_inference.py --exported: a row per exported model, beside the eager row."""
+    _, paths = exported
+    config = CONFIGS["yolact"]
+    code = load_tool("benchmark_inference").main([
+        "--configs", str(config), "--images", "1", "--warmup", "0", "--no-flops",
+        "--exported", paths["onnx"], "--exported", paths["torchscript"], *OPTS])
+    assert code == 0
+    table = capsys.readouterr().out
+    for path in paths.values():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {path} |"))
+        assert float(row.split("|")[2]) > 0  # ms / image
+
+
 def test_trace_generalises_between_empty_and_nonempty_images(coco_images, tmp_path):
     """A threshold between two images' best scores: one has detections, the other none."""
     cfg = get_config(str(CONFIGS["yolact"]), OPTS)

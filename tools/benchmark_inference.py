@@ -103,6 +103,23 @@ def benchmark(config_path, images, args):
     }
 
 
+def benchmark_exported(path, images, image_format, warmup):
+    """(median seconds per image, mean detections) of a model written by tools/export_model.py,
+    from the uint8 image to full-size Instances like the rows above (ONNX: onnxruntime, CPU)."""
+    from mayolact.export import ExportedYOLACTPredictor
+
+    predictor = ExportedYOLACTPredictor(path)
+    bgr = [np.ascontiguousarray(im[:, :, ::-1]) if image_format == "RGB" else im for im in images]
+    times, num_det = [], []
+    for i, img in enumerate(bgr[:warmup] + bgr):
+        t0 = time.perf_counter()
+        num = len(predictor(img)["instances"])
+        if i >= warmup:
+            times += [time.perf_counter() - t0]
+            num_det += [num]
+    return statistics.median(times), statistics.mean(num_det)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", help="config files (default: the Table 4 rows at 550)")
@@ -112,6 +129,8 @@ def main(argv=None):
     p.add_argument("--dataset", default=None, help="default: coco_mini_val, else mayolact_shapes_val")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore GFLOPs count")
+    p.add_argument("--exported", action="append", default=[], metavar="MODEL",
+                   help="also time an exported model (.onnx, .ts of tools/export_model.py); repeatable")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
     args = p.parse_args(argv)
     if args.threads:
@@ -143,6 +162,13 @@ def main(argv=None):
         print(f"| {name} | {r['anchors']:,} | {r['params_m']:.1f} | {gflops} | "
               f"{1000 * r['median_s']:.0f} | {1.0 / r['median_s']:.2f} | "
               f"{r['median_s'] / base:.2f}x | {paper} |")
+    if args.exported:
+        print("\n| exported model | ms / image | fps | time vs first row | detections |")
+        print("|---|---:|---:|---:|---:|")
+        for path in args.exported:
+            median, dets = benchmark_exported(path, images, first_cfg.INPUT.FORMAT, args.warmup)
+            print(f"| {path} | {1000 * median:.0f} | {1.0 / median:.2f} | {median / base:.2f}x | "
+                  f"{dets:.1f} |")
     return 0
 
 
