@@ -3,8 +3,10 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser
 
 from common import REPO, load_tool
 from mayolact import add_mayolact_config
@@ -133,13 +135,28 @@ def test_unknown_optimizer_is_named():
 
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_every_shipped_config_loads_through_setup(path, tmp_path):
-    train_net = load_tool("train_net")
-    args = train_net.default_argument_parser().parse_args(
-        ["--config-file", str(path), "OUTPUT_DIR", str(tmp_path)])
-    cfg = train_net.setup(args)
+def test_every_shipped_config_loads(path, tmp_path):
+    cfg = load_config(str(path), ["OUTPUT_DIR", str(tmp_path)])
+    cfg.freeze()
     assert cfg.MODEL.META_ARCHITECTURE == "YOLACT"
     assert cfg.INPUT.YOLACT.SIZE in (160, 192, 400, 550, 700)
+    # What Detectron2's default_setup writes (OUTPUT_DIR/config.yaml) reads back to the same config.
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(cfg.dump())
+    assert yaml.safe_load(load_config(str(dumped)).dump()) == yaml.safe_load(cfg.dump())
+
+
+def test_train_net_setup(tmp_path):
+    """The whole setup of train_net (Detectron2's default_setup) on one config; the config-specific
+    part of it, loading and dumping, runs on every shipped config above."""
+    train_net = load_tool("train_net")
+    args = default_argument_parser().parse_args(
+        ["--config-file", str(REPO / "configs" / "shapes" / "mayolact_shapes_demo.yaml"),
+         "OUTPUT_DIR", str(tmp_path)])
+    cfg = train_net.setup(args)
+    assert cfg.is_frozen() and cfg.OUTPUT_DIR == str(tmp_path)
+    saved = load_config(str(tmp_path / "config.yaml"))
+    assert yaml.safe_load(saved.dump()) == yaml.safe_load(cfg.dump())
 
 
 def test_unknown_config_key_names_the_file_and_the_key(tmp_path):
