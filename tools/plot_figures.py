@@ -12,7 +12,6 @@
 and 3c come from ``--config-file`` (default ``Base-YOLACT.yaml``: one square anchor per location,
 550 x 550); Figure 2 needs the trained model's config.
 """
-import logging
 import os
 import sys
 
@@ -28,12 +27,14 @@ def main(argv=None):
     args = build_parser(DEFAULT_CONFIG, __doc__.split("\n")[0]).parse_args(argv)
     import matplotlib
 
+    from mayolact.logger import setup_logging
+
     matplotlib.use("Agg")  # files only, no display
+    setup_logging(with_detectron2=True)  # Detectron2's and the project's lines in one format
     return run_figure(args)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     try:
         main(sys.argv[1:])
     except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
