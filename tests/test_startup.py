@@ -134,7 +134,7 @@ runpy.run_path(path, run_name="__main__")
 
 TOOLS = [REPO / "tools" / f"{name}.py"
          for name in ("train_net", "demo", "demo_job", "evaluate", "compare_assigners",
-                      "plot_figures", "export_model")]
+                      "plot_figures", "export_model", "convert_weights")]
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=[t.stem for t in TOOLS])

@@ -27,26 +27,19 @@ import argparse
 import logging
 import sys
 
-from detectron2.utils.logger import setup_logger
+import mayolact  # noqa: F401  (registers the model and the torchvision:// paths once Detectron2 is)
 
-import mayolact  # noqa: F401  (registers the model and the torchvision:// paths)
-from mayolact.checkpoint import (
-    MMDET_AUTHOR,
-    TORCHVISION_AUTHOR,
-    CheckpointError,
-    YOLACTCheckpointer,
-    load_weights_file,
-    save_converted_checkpoint,
-    summarize_names,
-)
-from mayolact.config import ConfigError, load_config
-from mayolact.conversion import convert_torchvision_resnet, is_torchvision_resnet
+# The conversion modules (torch, Detectron2) are imported where they are used: --help needs none.
 
 logger = logging.getLogger("mayolact.convert_weights")
 
 
 def convert_torchvision(args) -> None:
     """``torchvision SRC DST``."""
+    from mayolact.checkpoint import (TORCHVISION_AUTHOR, CheckpointError, load_weights_file,
+                                     save_converted_checkpoint, summarize_names)
+    from mayolact.conversion import convert_torchvision_resnet, is_torchvision_resnet
+
     state = load_weights_file(args.src)
     if not isinstance(state, dict) or not is_torchvision_resnet(state):
         raise CheckpointError(
@@ -65,6 +58,10 @@ def convert_mmdet(args) -> None:
     """``mmdet SRC DST --config-file CFG [KEY VALUE ...]``: the checkpointer converts and checks
     the file against the config's model (``mayolact.conversion.mmdet``), the result is saved."""
     from detectron2.modeling import build_model
+
+    from mayolact.checkpoint import (MMDET_AUTHOR, CheckpointError, YOLACTCheckpointer,
+                                     save_converted_checkpoint)
+    from mayolact.config import load_config
 
     cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
     model = build_model(cfg)
@@ -96,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logger(name="mayolact")
-    setup_logger(name="fvcore")
+    from mayolact.checkpoint import CheckpointError
+    from mayolact.config import ConfigError
+    from mayolact.logger import setup_logging
+
+    setup_logging(with_detectron2=True)
     try:
         args.run(args)
     except (CheckpointError, ConfigError, OSError) as e:
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # once: the log would repeat it
         return 2
     return 0
 
