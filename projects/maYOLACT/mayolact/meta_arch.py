@@ -43,6 +43,7 @@ from mayolact.losses import (
 )
 from mayolact.matchers import build_anchor_matcher
 from mayolact.postprocessing import fast_nms, yolact_postprocess
+from mayolact.profiling import stage
 from mayolact.protonet import ProtoNet, SemanticSegHead
 from mayolact.structures import integral_images
 
@@ -156,6 +157,8 @@ class YOLACT(DenseDetector):
         self.mask_threshold = mask_threshold
         self.input_format = input_format
         self.vis_period = vis_period
+        # A mayolact.profiling.StageTimer to time the inference stages (None: not timed).
+        self.stage_timer = None
 
     @classmethod
     def from_config(cls, cfg):
@@ -272,19 +275,23 @@ class YOLACT(DenseDetector):
         for i, (r, x) in enumerate(zip(results, batched_inputs)):
             height = x.get("height", images.image_sizes[i][0])
             width = x.get("width", images.image_sizes[i][1])
-            processed.append({"instances": yolact_postprocess(
-                r, prototypes[i], height, width, mask_threshold=self.mask_threshold)})
+            with stage(self.stage_timer, "masks"):
+                processed.append({"instances": yolact_postprocess(
+                    r, prototypes[i], height, width, mask_threshold=self.mask_threshold)})
         return processed
 
     def _run_network(self, batched_inputs: List[Dict[str, Tensor]]):
         """Backbone, head and protonet on a batch: (images, head features, predictions, protonet
         input, prototypes), as :meth:`forward` and :meth:`per_anchor_losses` use them."""
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        head_features = [features[f] for f in self.head_in_features]
-        predictions = self.head(head_features)
-        proto_features = features[self.proto_in_feature]
-        prototypes = self.protonet(proto_features)
+        with stage(self.stage_timer, "pre-process"):
+            images = self.preprocess_image(batched_inputs)
+        with stage(self.stage_timer, "backbone + FPN"):
+            features = self.backbone(images.tensor)
+        with stage(self.stage_timer, "head + protonet"):
+            head_features = [features[f] for f in self.head_in_features]
+            predictions = self.head(head_features)
+            proto_features = features[self.proto_in_feature]
+            prototypes = self.protonet(proto_features)
         return images, head_features, predictions, proto_features, prototypes
 
     def _gt_instances(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Instances]:
@@ -546,9 +553,10 @@ class YOLACT(DenseDetector):
             list[Instances]: N results with image_size (S_h, S_w), ``pred_boxes``, ``scores``,
             ``pred_classes`` and ``pred_coeffs`` (n, k).
         """
-        logits, deltas, coeffs = self._transpose_dense_predictions(
-            predictions, [self.num_classes + 1, 4, self.num_prototypes])
-        anchors = self.anchor_generator(features)
+        with stage(self.stage_timer, "top-k + decode"):
+            logits, deltas, coeffs = self._transpose_dense_predictions(
+                predictions, [self.num_classes + 1, 4, self.num_prototypes])
+            anchors = self.anchor_generator(features)
         return [
             self.inference_single_image(
                 anchors, [x[i] for x in logits], [x[i] for x in deltas], [x[i] for x in coeffs],
@@ -595,18 +603,33 @@ class YOLACT(DenseDetector):
         Returns:
             Instances: see :meth:`forward_inference`.
         """
-        boxes_all, scores_all, coeffs_all = [], [], []
-        for anc, lg, dl, cf in zip(anchors, logits, deltas, coeffs):
-            scores = lg.float().softmax(dim=-1)
-            anc = anc.tensor
-            if 0 < self.test_topk_candidates < scores.shape[0]:
-                keep = scores[:, :-1].max(dim=1).values.topk(self.test_topk_candidates).indices
-                scores, dl, cf, anc = scores[keep], dl[keep], cf[keep], anc[keep]
-            boxes_all.append(self.decode_boxes(dl, anc, image_size))
-            scores_all.append(scores[:, :-1])
-            coeffs_all.append(cf.float())
-        boxes, scores, coeffs_cat = cat(boxes_all), cat(scores_all), cat(coeffs_all)
+        with stage(self.stage_timer, "top-k + decode"):
+            boxes_all, scores_all, coeffs_all = [], [], []
+            for anc, lg, dl, cf in zip(anchors, logits, deltas, coeffs):
+                scores = lg.float().softmax(dim=-1)
+                anc = anc.tensor
+                if 0 < self.test_topk_candidates < scores.shape[0]:
+                    keep = scores[:, :-1].max(dim=1).values.topk(self.test_topk_candidates).indices
+                    scores, dl, cf, anc = scores[keep], dl[keep], cf[keep], anc[keep]
+                boxes_all.append(self.decode_boxes(dl, anc, image_size))
+                scores_all.append(scores[:, :-1])
+                coeffs_all.append(cf.float())
+            boxes, scores, coeffs_cat = cat(boxes_all), cat(scores_all), cat(coeffs_all)
+        with stage(self.stage_timer, "NMS"):
+            return self._nms(boxes, scores, coeffs_cat, image_size)
 
+    def _nms(
+        self, boxes: Tensor, scores: Tensor, coeffs_cat: Tensor, image_size: Tuple[int, int]
+    ) -> Instances:
+        """Fast NMS (or batched NMS) of one image's candidates.
+
+        Args:
+            boxes (Tensor): (n, 4) decoded boxes; scores (Tensor): (n, K); coeffs_cat: (n, k).
+            image_size (tuple[int, int]): (S_h, S_w).
+
+        Returns:
+            Instances: see :meth:`forward_inference`.
+        """
         if self.nms_type == "fast":
             boxes, scores, classes, coeffs_cat = fast_nms(
                 boxes, scores, coeffs_cat,
