@@ -16,6 +16,7 @@
 """
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,12 +230,12 @@ def exported(request, coco_images, tmp_path_factory):
         "--output", str(folder), *opts])
     assert code == 0
     paths = {"onnx": str(folder / "model.onnx"), "torchscript": str(folder / "model.ts")}
-    return eager, paths
+    return eager, paths, CONFIGS[request.param]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_model_reproduces_eager(exported, fmt, coco_images):
-    eager, paths = exported
+    eager, paths, _ = exported
     predictor = ExportedYOLACTPredictor(paths[fmt])
     total = 0
     for path in coco_images:
@@ -252,7 +253,7 @@ def test_exported_model_reproduces_eager(exported, fmt, coco_images):
 
 def test_benchmark_times_exported_models(exported, capsys):
     """tools/benchmark_inference.py --exported: a row per exported model, beside the eager row."""
-    _, paths = exported
+    _, paths, _ = exported
     config = CONFIGS["yolact"]
     code = load_tool("benchmark_inference").main([
         "--configs", str(config), "--images", "1", "--warmup", "0", "--no-flops",
@@ -262,6 +263,39 @@ def test_benchmark_times_exported_models(exported, capsys):
     for path in paths.values():
         row = next(line for line in table.splitlines() if line.startswith(f"| {path} |"))
         assert float(row.split("|")[2]) > 0  # ms / image
+
+
+def test_demo_draws_with_an_exported_model(exported, coco_images, tmp_path):
+    """tools/demo.py --exported draws; the Demo's instances (image read in INPUT.FORMAT) are the
+    predictor's on the BGR image, for the eager and the exported predictor alike."""
+    from mayolact.visualization import Demo
+
+    eager, paths, config = exported
+    out = tmp_path / "vis"
+    code = load_tool("demo").main([
+        "--config-file", str(config), "--exported", paths["onnx"], "--input", coco_images[0],
+        "--output", str(out), "--confidence-threshold", "0", *OPTS])
+    assert code == 0
+    assert (out / Path(coco_images[0]).name).is_file()
+
+    rgb = read_image(coco_images[1], format="RGB")
+    assert eager.cfg.INPUT.FORMAT == "RGB"
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    for predictor in (eager, ExportedYOLACTPredictor(paths["onnx"])):
+        expected = predictor(bgr)["instances"]
+        drawn = Demo(eager.cfg, confidence_threshold=0.0, predictor=predictor).predict(rgb)
+        assert len(expected) > 0
+        assert_reproduces(expected, drawn, type(predictor).__name__)
+
+
+def test_exported_predictor_takes_a_list(exported, coco_images):
+    _, paths, _ = exported
+    predictor = ExportedYOLACTPredictor(paths["onnx"])
+    images = [read_image(p, format="BGR") for p in coco_images[:2]]
+    outputs = predictor(images)
+    assert [o["instances"].image_size for o in outputs] == [im.shape[:2] for im in images]
+    for image, output in zip(images, outputs):
+        assert_reproduces(predictor(image)["instances"], output["instances"], "list")
 
 
 def test_trace_generalises_between_empty_and_nonempty_images(coco_images, tmp_path):

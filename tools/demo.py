@@ -10,6 +10,8 @@ Examples::
         --input ../shared/data/coco_mini/val2017 --output output/vis MODEL.WEIGHTS model_final.pth
     python tools/demo.py --config-file <cfg> --video-input clip.mp4 --output output/clip.mp4 \
         MODEL.WEIGHTS model_final.pth
+    python tools/demo.py --config-file <cfg> --exported output/export/model.onnx \
+        --input ../shared/data/coco_mini/val2017 --output output/vis  # tools/export_model.py's model
 
 Exit status: 0 when every input was drawn; 1 when an input is missing or some images could not be
 read (each is named on stderr; the others are drawn); 2 for a bad config or output path.
@@ -30,6 +32,9 @@ def get_parser():
                         help="folder for the drawn images (or the output video path)")
     parser.add_argument("--confidence-threshold", type=float, default=0.3,
                         help="minimum score of the drawn instances")
+    parser.add_argument("--exported", default=None, metavar="MODEL",
+                        help="predict with this model of tools/export_model.py (.onnx in "
+                             "onnxruntime on the CPU, .ts TorchScript) instead of building one")
     parser.add_argument("--metadata", default=None,
                         help="dataset whose class names to draw (default: the config's first test set)")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
@@ -77,7 +82,16 @@ def main(argv=None):
     except PreflightError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    demo = Demo(cfg, args.metadata, args.confidence_threshold)
+    predictor = None
+    if args.exported:
+        from mayolact.export import ExportedYOLACTPredictor
+
+        try:
+            predictor = ExportedYOLACTPredictor(args.exported)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    demo = Demo(cfg, args.metadata, args.confidence_threshold, predictor=predictor)
 
     if args.video_input:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -13,7 +13,8 @@ Examples::
         --output output/export --check MODEL.WEIGHTS model_final.pth
     python tools/export_model.py --config-file <cfg> --format onnx \
         --sample-image ../shared/data/coco_mini/val2017/000000000139.jpg --output output/export
-    python tools/demo.py --exported output/export/model.onnx --input image.jpg --output output/vis
+    python tools/demo.py --config-file <cfg> --exported output/export/model.onnx --input image.jpg \
+        --output output/vis
 """
 import argparse
 import logging

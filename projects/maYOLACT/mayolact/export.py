@@ -123,7 +123,7 @@ def export_adapter(model: nn.Module, inputs: List[Dict[str, Tensor]]) -> Tracing
     return TracingAdapter(model, inputs, _instance_fields).eval()
 
 
-def _metadata(cfg, image: Tensor) -> Dict[str, object]:
+def _description(cfg, image: Tensor) -> Dict[str, object]:
     """The export description stored in the file (what the predictor needs, plus the config)."""
     return {
         "version": 1,
@@ -176,7 +176,7 @@ def export_torchscript(cfg, model: nn.Module, inputs: List[Dict[str, Tensor]], p
     with torch.no_grad(), _quiet_tracing():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
     _check_schema(adapter)
-    meta = json.dumps(_metadata(cfg, inputs[0]["image"]))
+    meta = json.dumps(_description(cfg, inputs[0]["image"]))
     with atomic_open(path, "wb") as f:
         torch.jit.save(traced, f, _extra_files={METADATA_KEY: meta})
     return path
@@ -298,7 +298,7 @@ def export_onnx(cfg, model: nn.Module, inputs: List[Dict[str, Tensor]], path: st
     proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = json.dumps(_metadata(cfg, inputs[0]["image"]))
+    entry.value = json.dumps(_description(cfg, inputs[0]["image"]))
     with atomic_open(path, "wb") as f:
         f.write(proto.SerializeToString())
     return path
@@ -430,9 +430,17 @@ def load_exported(path: str):
 class ExportedYOLACTPredictor(YOLACTPredictor):
     """:class:`YOLACTPredictor` on an exported model: the same pre-processing and outputs.
 
-    The image is squashed to the export's input size exactly as the eager predictor does; the
-    exported graph does the rest. Outputs are ``{"instances": Instances}`` at the original size,
-    with ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks`` like the eager model's.
+    The image is squashed to the export's input size exactly as the eager predictor does (its
+    ``preprocess``, with the augmentation and ``INPUT.FORMAT`` of the config stored in the file);
+    the exported graph does the rest. Outputs are ``{"instances": Instances}`` at the original
+    size with ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks``, like the eager
+    model's; a list of images gives a list of outputs (the graph runs once per image).
+
+    Attributes:
+        model: the loaded graph, ``model(height, image, width) -> (pred_boxes, pred_classes,
+            pred_masks, scores)``.
+        description (dict): the export description stored in the file.
+        cfg (CfgNode): the config the model was exported from.
 
     Example::
 
@@ -444,25 +452,29 @@ class ExportedYOLACTPredictor(YOLACTPredictor):
         """
         Args:
             path (str): a model written by :func:`export_model` (``.onnx`` or ``.ts``).
+
+        Raises:
+            FileNotFoundError, ValueError: see :func:`load_exported`.
         """
         self.path = path
-        self.model, self.metadata = load_exported(path)
-        # The eager predictor's pre-processing, built from the config stored in the file.
-        self.cfg = CfgNode.load_cfg(self.metadata["config"])
+        self.model, self.description = load_exported(path)
+        self.cfg = CfgNode.load_cfg(self.description["config"])
         self.input_format = self.cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"{path}: INPUT.FORMAT must be RGB or BGR, got {self.input_format}")
         self.aug = T.AugmentationList(build_yolact_test_augmentation(self.cfg))
 
     @torch.no_grad()
-    def __call__(self, original_image: np.ndarray) -> Dict:
+    def __call__(self, original_image):
         """
         Args:
-            original_image (ndarray): (H, W, 3) uint8, BGR.
+            original_image (ndarray or list[ndarray]): an (H, W, 3) uint8 BGR image, or a list.
 
         Returns:
-            dict: {"instances": Instances} at (H, W).
+            dict or list[dict]: {"instances": Instances} at the image's (H, W), or a list of them.
         """
+        if not isinstance(original_image, np.ndarray):
+            return [self(image) for image in original_image]
         x = self.preprocess(original_image)
         flat = sample_inputs(x["image"], x["height"], x["width"])[0]
         outputs = self.model(*[flat[name] for name in INPUT_NAMES])

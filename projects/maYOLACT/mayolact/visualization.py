@@ -72,22 +72,27 @@ class Demo:
         metadata_name: dataset whose class names are drawn (default: the config's first test set,
             else its first training set).
         confidence_threshold: instances scoring below it are not drawn.
+        predictor: what predicts (BGR image -> ``{"instances": Instances}``), e.g. an
+            ``mayolact.export.ExportedYOLACTPredictor``; default: ``YOLACTPredictor(cfg)``.
     """
 
     def __init__(self, cfg, metadata_name: Optional[str] = None,
-                 confidence_threshold: float = 0.3):
+                 confidence_threshold: float = 0.3, predictor=None):
         names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
         name = metadata_name or (names[0] if names else None)
         # A registered COCO json knows its class names only once loaded: read them now, so that
         # drawings show names, not class numbers.
         self.metadata = dataset_metadata(name) if name else MetadataCatalog.get("__unused")
-        self.predictor = YOLACTPredictor(cfg)
+        self.predictor = YOLACTPredictor(cfg) if predictor is None else predictor
         self.input_format = cfg.INPUT.FORMAT
         self.threshold = confidence_threshold
 
     def predict(self, image: np.ndarray):
-        """``Instances`` on the CPU with score >= the threshold; image (H, W, 3) uint8."""
-        instances = self.predictor(image)["instances"].to("cpu")
+        """``Instances`` on the CPU with score >= the threshold; image (H, W, 3) uint8 in
+        ``INPUT.FORMAT``."""
+        # The predictors take BGR (as cv2.imread gives), like Detectron2's DefaultPredictor.
+        bgr = image if self.input_format == "BGR" else np.ascontiguousarray(image[:, :, ::-1])
+        instances = self.predictor(bgr)["instances"].to("cpu")
         return instances[instances.scores >= self.threshold]
 
     def draw(self, image: np.ndarray) -> Tuple[object, np.ndarray]:
