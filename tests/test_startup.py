@@ -134,7 +134,8 @@ runpy.run_path(path, run_name="__main__")
 
 TOOLS = [REPO / "tools" / f"{name}.py"
          for name in ("train_net", "demo", "demo_job", "evaluate", "compare_assigners",
-                      "plot_figures", "export_model", "convert_weights")]
+                      "plot_figures", "export_model", "convert_weights", "benchmark_assigner",
+                      "benchmark_mapper")]
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=[t.stem for t in TOOLS])

@@ -50,20 +50,10 @@ import io
 import os
 import statistics
 import time
-import warnings
 from pathlib import Path
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # noise from detectron2 imports
-warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.structures import Boxes  # noqa: E402
-
-from mayolact.anchor_generator import anchors_for_input  # noqa: E402
-from mayolact.config import load_config, load_rows, merge_config_row  # noqa: E402
-from mayolact.matchers import ATSSMatcher, FixedIoUMatcher  # noqa: E402
-from mayolact.structures import integral_images  # noqa: E402
+import mayolact  # noqa: F401  (first: its filters for known third-party warnings)
+from mayolact.config import load_config, load_rows, merge_config_row
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN_CONFIG = (REPO / "configs" / "quick_schedules"
@@ -75,6 +65,52 @@ TRAIN_ROWS = load_rows(str(ROWS_DIR / "benchmark_assigner.yaml"))
 ASSIGNER_ROWS = str(ROWS_DIR / "assigners.yaml")
 # The matcher-cost mode takes its anchors from Base-YOLACT.yaml (ATSS) and its fixed-IoU row.
 BASE_CONFIG = REPO / "configs" / "COCO-InstanceSegmentation" / "Base-YOLACT.yaml"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per row (median)")
+    p.add_argument("--bruteforce-repeats", type=int, default=2,
+                   help="timed repeats of the (slow) brute-force row")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--images", "--batch", dest="images", type=int, default=8,
+                   help="images per batch")
+    p.add_argument("--size", type=int, default=550, help="square input size S")
+    p.add_argument("--coco-mini", default=None,
+                   help="coco_mini folder (default: $MAYOLACT_COCO_MINI, ../shared/data/coco_mini)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
+    t = p.add_argument_group("--train-iteration (Table 3, training time per iteration)")
+    t.add_argument("--train-iteration", action="store_true",
+                   help="time forward + backward + optimizer step of a model with each assigner")
+    t.add_argument("--config-file", default=str(DEFAULT_TRAIN_CONFIG),
+                   help="base config (default: the quick ATSS-maIoU config)")
+    t.add_argument("--iters", type=int, default=5, help="timed iterations per row (median)")
+    t.add_argument("--bruteforce-iters", type=int, default=2,
+                   help="timed iterations of the (slow) brute-force row")
+    t.add_argument("--warmup", type=int, default=1, help="untimed iterations per row first")
+    t.add_argument("--rows", nargs="+", choices=list(TRAIN_ROWS), default=list(TRAIN_ROWS),
+                   help="assigners to time (default: all)")
+    t.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="config overrides KEY VALUE ... (after the options)")
+    args = p.parse_args(argv)
+    for name in ("repeats", "bruteforce_repeats", "images", "size", "iters", "bruteforce_iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        p.error("--warmup must be >= 0")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and usage errors answer here, before the heavy imports below
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.structures import Boxes  # noqa: E402
+
+from mayolact.anchor_generator import anchors_for_input  # noqa: E402
+from mayolact.matchers import ATSSMatcher, FixedIoUMatcher  # noqa: E402
+from mayolact.structures import integral_images  # noqa: E402
 
 
 def coco_root(path):
@@ -149,40 +185,6 @@ def time_rows(fns, repeats, device):
                 torch.cuda.synchronize(device)
             times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) * 1000.0 for t in times]
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per row (median)")
-    p.add_argument("--bruteforce-repeats", type=int, default=2,
-                   help="timed repeats of the (slow) brute-force row")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--images", "--batch", dest="images", type=int, default=8,
-                   help="images per batch")
-    p.add_argument("--size", type=int, default=550, help="square input size S")
-    p.add_argument("--coco-mini", default=None,
-                   help="coco_mini folder (default: $MAYOLACT_COCO_MINI, ../shared/data/coco_mini)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
-    t = p.add_argument_group("--train-iteration (Table 3, training time per iteration)")
-    t.add_argument("--train-iteration", action="store_true",
-                   help="time forward + backward + optimizer step of a model with each assigner")
-    t.add_argument("--config-file", default=str(DEFAULT_TRAIN_CONFIG),
-                   help="base config (default: the quick ATSS-maIoU config)")
-    t.add_argument("--iters", type=int, default=5, help="timed iterations per row (median)")
-    t.add_argument("--bruteforce-iters", type=int, default=2,
-                   help="timed iterations of the (slow) brute-force row")
-    t.add_argument("--warmup", type=int, default=1, help="untimed iterations per row first")
-    t.add_argument("--rows", nargs="+", choices=list(TRAIN_ROWS), default=list(TRAIN_ROWS),
-                   help="assigners to time (default: all)")
-    t.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides KEY VALUE ... (after the options)")
-    args = p.parse_args(argv)
-    for name in ("repeats", "bruteforce_repeats", "images", "size", "iters", "bruteforce_iters"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        p.error("--warmup must be >= 0")
-    return args
 
 
 def main(argv=None):

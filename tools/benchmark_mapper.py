@@ -16,18 +16,17 @@ import argparse
 import statistics
 import time
 
-import cv2
 import numpy as np
-import torch
-from detectron2.data import DatasetCatalog
 
-import mayolact  # noqa: F401  (registers the datasets)
+import mayolact  # noqa: F401  (registers the datasets once Detectron2 is imported)
 from mayolact.config import load_config
-from mayolact.data.dataset_mapper import YOLACTDatasetMapper
-from mayolact.structures import integral_images
+
+# torch, OpenCV and Detectron2 are imported where they are used: --help needs none of them.
 
 
 def pick_dataset(name):
+    from detectron2.data import DatasetCatalog
+
     if name:
         return name
     if "coco_mini_train" in DatasetCatalog.list():
@@ -36,6 +35,8 @@ def pick_dataset(name):
 
 
 def make_mapper(size, with_ii, dataset):
+    from mayolact.data.dataset_mapper import YOLACTDatasetMapper
+
     cfg = load_config("", ["DATASETS.TRAIN", (dataset,)])  # NUM_CLASSES 0: the dataset's classes
     cfg.INPUT.FORMAT = "RGB"
     cfg.MODEL.PIXEL_MEAN = [123.68, 116.78, 103.94]
@@ -60,6 +61,12 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=550, help="INPUT.YOLACT.SIZE")
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads")
     args = parser.parse_args(argv)
+    import cv2
+    import torch
+    from detectron2.data import DatasetCatalog
+
+    from mayolact.structures import integral_images
+
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
 
