@@ -5,6 +5,7 @@ the official code (``mmdet_layouts``) and the converted layers are checked again
 transcriptions of the official kernels (``mmcv_reference``). The mmdetection 3.x model zoo layout is
 checked against the peer itself in ``test_mmdet_peer.py``.
 """
+import functools
 import logging
 
 import pytest
@@ -24,17 +25,12 @@ RELEASED = [
     for assigner in ("fixediou", "atss_iou", "atss_maiou")
 ] + [("mayolact_R_50_FPN_550.yaml", ("carafe", 4, 2))]
 
-_MODELS = {}
-
-
+@functools.lru_cache(maxsize=2)  # a few R-50 models, not one per config for the whole session
 def build(config, *opts):
-    """An eval-mode model of ``config`` on CPU (cached per config and overrides)."""
-    key = (config, opts)
-    if key not in _MODELS:
-        cfg = get_config(FULL / config, ("MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "") + opts)
-        torch.manual_seed(0)
-        _MODELS[key] = build_model(cfg).eval()
-    return _MODELS[key]
+    """An eval-mode model of ``config`` on CPU (tests load into it what they need)."""
+    cfg = get_config(FULL / config, ("MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "") + opts)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
 
 
 def mayolact_checkpoint(seed=0, offset_scale=1.0):
