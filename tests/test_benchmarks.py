@@ -3,18 +3,24 @@ from common import QUICK_CONFIG as QUICK
 from common import load_tool
 
 
-def test_benchmark_inference_prints_the_table(capsys):
+def test_benchmark_inference_prints_the_tables(capsys):
     tool = load_tool("benchmark_inference")
-    assert tool.main(["--configs", str(QUICK), "--images", "1", "--warmup", "0", "--device", "cpu",
-                      "--dataset", "mayolact_shapes_val", "MODEL.YOLACT.NUM_CLASSES", "8"]) == 0
+    assert tool.main(["--configs", str(QUICK), "--images", "2", "--warmup", "1", "--batch", "2",
+                      "--device", "cpu", "--peak-seconds", "0.05", "--dataset",
+                      "mayolact_shapes_val", "MODEL.YOLACT.NUM_CLASSES", "8"]) == 0
     out = capsys.readouterr().out
-    row = [line for line in out.splitlines() if line.startswith("| yolact_R_50_FPN_quick_atss_maiou")]
-    assert len(row) == 1
-    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert "peak = " in out and "batch 2" in out
+    rows = [line for line in out.splitlines() if line.startswith(f"| {QUICK.stem} |")]
+    assert len(rows) == 3  # end to end, per stage, arithmetic rate
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
     # 160x160 input: P3..P7 of 20, 10, 5, 3, 2 with one anchor each.
     assert cells[1] == "538"
     assert float(cells[3]) > 0  # fvcore GFLOPs were counted
     assert float(cells[5]) > 0 and cells[6] == "1.00x"
+    assert float(cells[8]) > 0 and cells[9].endswith("%")  # GFLOP/s and the share of the peak
+    stages = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert len(stages) == 1 + 6 + 2  # the six stages, other, end to end
+    assert all(float(c.split()[0]) > 0 for c in stages[1:7])
 
 
 def test_benchmark_mapper_prints_the_overhead(capsys):

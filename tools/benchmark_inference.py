@@ -1,16 +1,25 @@
 #!/usr/bin/env python
-"""Table 4 speed study: end-to-end inference time of YOLACT / maYOLACT configs.
+"""Table 4 speed study: where inference time goes, per stage, against the machine's arithmetic peak.
 
-For each config: randomly initialised weights, batch 1, a few warm-up images, then the median time
-per image over real images (``coco_mini_val`` when present, else the shapes set), measured from the
-uint8 input to the final ``Instances`` with full-resolution masks (pre-processing, network, Fast NMS,
-mask assembly and resizing included). On CUDA the timer synchronises the device. Also reports the
-anchor count at the config's input size, the parameter count and fvcore's GFLOPs of the network.
+For each config: randomly initialised weights (or ``MODEL.WEIGHTS``), a few warm-up batches, then
+the time per image over real images (``coco_mini_val`` when present, else the shapes set) through
+:class:`mayolact.predictor.YOLACTPredictor`, from the uint8 BGR image to the final ``Instances``
+with full-resolution masks. ``--batch N`` runs N images per forward pass. On CUDA the timers
+synchronise the device.
+
+Reported per config: anchors, parameters, fvcore's FLOPs of one image (one multiply-add is one flop;
+torchvision's deformable convs counted as convs), end-to-end time and fps against the first row, the
+achieved GFLOP/s against the peak that the tool measures first on the same device and threads
+(a large matmul and a 3x3 convolution), and the time of each stage, measured by the model's own
+stage hooks (:mod:`mayolact.profiling`): pre-process, backbone + FPN, head + protonet, top-k +
+decode, NMS, masks. ``TEST.YOLACT.OPTIMIZE True`` times the folded-batch-norm, channels-last model.
 
 Example::
 
     python tools/benchmark_inference.py --images 20 --device cpu
-    python tools/benchmark_inference.py --configs configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
+    python tools/benchmark_inference.py --images 20 TEST.YOLACT.OPTIMIZE True
+    python tools/benchmark_inference.py --batch 4 \
+        --configs configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
 """
 import argparse
 import statistics
@@ -20,16 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog
-from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.modeling import build_model
-from detectron2.utils.analysis import FlopCountAnalysis
 
 import mayolact  # noqa: F401
 from mayolact.config import load_config, load_rows
-from mayolact.data.augmentation import build_yolact_test_augmentation
+from mayolact.predictor import YOLACTPredictor
+from mayolact.profiling import STAGES, StageTimer, count_flops, measure_peak_flops
 
 REPO = Path(__file__).resolve().parents[1]
 CFG_DIR = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -39,21 +47,12 @@ DEFAULT_CONFIGS = [(row["label"], row["config"]) for row in ROWS.values()]
 PAPER_FPS = {row["config"]: row["paper_fps"] for row in ROWS.values()}
 
 
-def load_images(dataset, n, image_format):
-    """The first ``n`` images of a registered dataset, in the config's format."""
+def load_images(dataset, n):
+    """The first ``n`` images of a registered dataset, BGR (the predictor's input)."""
     dicts = DatasetCatalog.get(dataset)
     if not dicts:
         raise RuntimeError(f"dataset {dataset} is empty")
-    return [read_image(d["file_name"], format=image_format) for d in dicts[:n]]
-
-
-def model_inputs(image, aug):
-    h, w = image.shape[:2]
-    inp = T.AugInput(image)
-    aug(inp)
-    resized = inp.image
-    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-    return [{"image": tensor, "height": h, "width": w}]
+    return [read_image(d["file_name"], format="BGR") for d in dicts[:n]]
 
 
 def count_anchors(model, size, device):
@@ -68,37 +67,38 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def benchmark(config_path, images, args):
+def benchmark(name, config_path, images, args):
+    """Time one config: end to end per image, and per stage through the model's stage hooks."""
     cfg = load_config(str(config_path), ["MODEL.DEVICE", args.device] + list(args.opts))
     cfg.freeze()
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    device = torch.device(cfg.MODEL.DEVICE)
-    aug = T.AugmentationList(build_yolact_test_augmentation(cfg))
-    size = cfg.INPUT.YOLACT.SIZE
-    params = sum(p.numel() for p in model.parameters())
-    anchors = count_anchors(model, size, device)
-    gflops = float("nan")
-    if not args.no_flops:
-        with torch.no_grad():
-            flops = FlopCountAnalysis(model, model_inputs(images[0], aug))
-            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            gflops = flops.total() / 1e9
-    times, num_det = [], []
-    with torch.no_grad():
-        for i, img in enumerate(images[: args.warmup] + images):
-            sync(device)
-            t0 = time.perf_counter()
-            out = model(model_inputs(img, aug))[0]["instances"]
-            sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-                num_det.append(len(out))
+    predictor = YOLACTPredictor(cfg)
+    model = predictor.model
+    device = model.device
+    flops = {} if args.no_flops else count_flops(model, [predictor.preprocess(images[0])])
+    timer = StageTimer(device)
+    model.stage_timer = timer
+    batches = [images[i: i + args.batch] for i in range(0, len(images), args.batch)]
+    for _ in tqdm(range(args.warmup), desc=f"{name}: warm-up", unit="batch", file=sys.stderr,
+                  leave=False):
+        predictor(batches[0])
+    timer.reset()
+    per_image, num_det = [], []
+    for batch in tqdm(batches, desc=name, unit="batch", file=sys.stderr, leave=False):
+        sync(device)
+        t0 = time.perf_counter()
+        outputs = predictor(batch)
+        sync(device)
+        per_image += [(time.perf_counter() - t0) / len(batch)] * len(batch)
+        num_det += [len(o["instances"]) for o in outputs]
+    model.stage_timer = None
     return {
-        "median_s": statistics.median(times),
-        "anchors": anchors,
-        "params_m": params / 1e6,
-        "gflops": gflops,
+        "median_s": statistics.median(per_image),
+        "mean_s": statistics.mean(per_image),
+        "stages": {k: timer.seconds.get(k, 0.0) / len(images) for k in STAGES},
+        "anchors": count_anchors(model, cfg.INPUT.YOLACT.SIZE, device),
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "flops": flops,
         "detections": statistics.mean(num_det),
     }
 
@@ -124,10 +124,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--configs", nargs="+", help="config files (default: the Table 4 rows at 550)")
     p.add_argument("--images", type=int, default=20, help="timed images")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up images (not timed)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up batches (not timed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dataset", default=None, help="default: coco_mini_val, else mayolact_shapes_val")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    p.add_argument("--peak-seconds", type=float, default=1.0,
+                   help="time budget of each peak micro-benchmark")
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore GFLOPs count")
     p.add_argument("--exported", action="append", default=[], metavar="MODEL",
                    help="also time an exported model (.onnx, .ts of tools/export_model.py); repeatable")
@@ -135,38 +138,82 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batch < 1:
+        p.error(f"--batch must be >= 1, got {args.batch}")
     if args.configs:
         rows = [(Path(c).stem, Path(c)) for c in args.configs]
     else:
         rows = [(name, CFG_DIR / f) for name, f in DEFAULT_CONFIGS]
     dataset = args.dataset or ("coco_mini_val" if "coco_mini_val" in DatasetCatalog.list()
                                else "mayolact_shapes_val")
-    first_cfg = load_config(str(rows[0][1]))
-    images = load_images(dataset, args.images, first_cfg.INPUT.FORMAT)
+    images = load_images(dataset, args.images)
+    device = torch.device(args.device)
+    threads = torch.get_num_threads()
+    print(f"  measuring the peak on {args.device} ({threads} threads) ...", file=sys.stderr,
+          flush=True)
+    rates = measure_peak_flops(device, seconds=args.peak_seconds)
+    peak = rates["peak"]
 
     results = []
     for name, path in rows:
-        r = benchmark(path, images, args)
+        r = benchmark(name, path, images, args)
         results.append((name, path, r))
         print(f"  {name}: {1.0 / r['median_s']:.2f} fps", file=sys.stderr, flush=True)
 
+    dev = args.device if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"\nDevice: {dev}, torch threads: {threads}. Measured float32 rate (fvcore convention, "
+          f"one multiply-add = one flop): matmul 2048^3 {rates['matmul'] / 1e9:.1f} GFLOP/s, "
+          f"conv3x3 256->256 on 69x69 {rates['conv3x3'] / 1e9:.1f} GFLOP/s; "
+          f"peak = {peak / 1e9:.1f} GFLOP/s.")
+    print(f"\nEnd-to-end inference, batch {args.batch}, median per image over {len(images)} "
+          f"{dataset} images after {args.warmup} warm-up batches; FLOP limit = GFLOPs / peak.\n")
+    print("| model | anchors | params (M) | GFLOPs | ms / image | fps | time vs first row | "
+          "detections | GFLOP/s | of peak | FLOP limit (ms) | time / limit | paper fps (V100) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = results[0][2]["median_s"]
-    dev = args.device if args.device == "cpu" else torch.cuda.get_device_name(0)
-    print(f"\nEnd-to-end inference, batch 1, random weights, median of {len(images)} {dataset} images "
-          f"after {args.warmup} warm-up; device: {dev}, torch threads: {torch.get_num_threads()}\n")
-    print("| model | anchors | params (M) | GFLOPs | ms / image | fps | time vs first row | paper fps (V100) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, path, r in results:
         paper = PAPER_FPS.get(Path(path).name, "")
-        gflops = "-" if r["gflops"] != r["gflops"] else f"{r['gflops']:.1f}"
-        print(f"| {name} | {r['anchors']:,} | {r['params_m']:.1f} | {gflops} | "
-              f"{1000 * r['median_s']:.0f} | {1.0 / r['median_s']:.2f} | "
-              f"{r['median_s'] / base:.2f}x | {paper} |")
+        t = r["median_s"]
+        total = r["flops"].get("")
+        if total:
+            rate = total / t
+            flop_cells = (f"{total / 1e9:.1f} | ", f"{rate / 1e9:.1f} | {rate / peak:.0%} | "
+                          f"{1000 * total / peak:.0f} | {peak / rate:.2f}x | ")
+        else:
+            flop_cells = ("- | ", "- | - | - | - | ")
+        print(f"| {name} | {r['anchors']:,} | {r['params_m']:.1f} | {flop_cells[0]}"
+              f"{1000 * t:.0f} | {1.0 / t:.2f} | {t / base:.2f}x | {r['detections']:.1f} | "
+              f"{flop_cells[1]}{paper} |")
+
+    print("\nTime per stage (ms per image, mean; share of the end-to-end mean). Other: what no "
+          "stage covers (Python, Instances).\n")
+    print("| model | " + " | ".join(STAGES) + " | other | end to end |")
+    print("|---|" + "---:|" * (len(STAGES) + 2))
+    for name, _, r in results:
+        mean = r["mean_s"]
+        cells = [f"{1000 * r['stages'][k]:.1f} ({r['stages'][k] / mean:.0%})" for k in STAGES]
+        other = mean - sum(r["stages"].values())
+        print(f"| {name} | " + " | ".join(cells) + f" | {1000 * other:.1f} | {1000 * mean:.1f} |")
+
+    if not args.no_flops:
+        print("\nArithmetic rate of the network stages (GFLOPs per image, GFLOP/s, share of the "
+              "peak).\n")
+        print("| model | backbone + FPN GFLOPs | GFLOP/s | of peak | head + protonet GFLOPs | "
+              "GFLOP/s | of peak |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, _, r in results:
+            cells = []
+            for key, parts in (("backbone + FPN", ("backbone",)),
+                               ("head + protonet", ("head", "protonet"))):
+                gflops = sum(r["flops"].get(m, 0.0) for m in parts) / 1e9
+                rate = gflops / r["stages"][key] if r["stages"][key] > 0 else float("nan")
+                cells.append(f"{gflops:.1f} | {rate:.1f} | {rate * 1e9 / peak:.0%}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.exported:
         print("\n| exported model | ms / image | fps | time vs first row | detections |")
         print("|---|---:|---:|---:|---:|")
         for path in args.exported:
-            median, dets = benchmark_exported(path, images, first_cfg.INPUT.FORMAT, args.warmup)
+            median, dets = benchmark_exported(path, images, "BGR", args.warmup)
             print(f"| {path} | {1000 * median:.0f} | {1.0 / median:.2f} | {median / base:.2f}x | "
                   f"{dets:.1f} |")
     return 0
