@@ -94,6 +94,8 @@ DATASETS:
     log = (out / "log.txt").read_text()
     assert "mayolact.data.dataset_mapper" in log  # the project's INFO lines reach log.txt
     assert "Per-category segm oLRP" in log and "solid" in log  # the oLRP table, with names
+    events = list(out.glob("events.out.tfevents.*"))  # training curves, with the evaluation
+    assert events and b"segm/oLRP" in events[0].read_bytes()
 
     # 2. Evaluation of the trained weights.
     proc = run_tool([REPO / "tools" / "train_net.py", "--config-file", config, "--eval-only",

@@ -164,3 +164,31 @@ def test_training_parser_matches_detectron2s():
     assert signature(ours) == signature(theirs)
     argv = ["--config-file", "x.yaml", "--num-gpus", "2", "--eval-only", "SOLVER.MAX_ITER", "5"]
     assert vars(finish_training_args(ours.parse_args(argv))) == vars(theirs.parse_args(argv))
+
+
+# ----------------------------------------------------------------- README "Use it from Python"
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's five lines, verbatim but for the weights and image paths, on a saved demo-config
+    model; the predictor names the classes."""
+    import cv2
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from mayolact import load_config
+    from mayolact.data.shapes import SHAPES_CLASSES, render_shapes_image
+
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("## Use it from Python", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    assert len(code.strip().splitlines()) <= 6, code  # the import lines and five more at most
+    cfg = load_config(str(REPO / "configs" / "shapes" / "mayolact_shapes_demo.yaml"))
+    DetectionCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model_final")
+    cv2.imwrite(str(tmp_path / "image.jpg"), render_shapes_image(0, 128, 0)[0][:, :, ::-1])
+    code = code.replace("output/demo/model_final.pth", str(tmp_path / "model_final.pth"))
+    code = code.replace('"image.jpg"', repr(str(tmp_path / "image.jpg")))
+    monkeypatch.chdir(REPO)  # the README runs from the repository's root
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    instances = namespace["instances"]
+    assert instances.image_size == (128, 128)
+    assert {"pred_boxes", "pred_masks", "scores", "pred_classes"} <= set(instances.get_fields())
+    assert namespace["predictor"].metadata.thing_classes == list(SHAPES_CLASSES)

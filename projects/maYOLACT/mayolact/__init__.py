@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
     "add_mayolact_config": "config",
+    "load_config": "config",
     "IntegralImages": "structures",
     "integral_images": "structures",
     "as_integral_images": "structures",

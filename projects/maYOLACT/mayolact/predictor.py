@@ -5,11 +5,13 @@ from typing import Dict, List, Sequence, Union
 import numpy as np
 import torch
 
+from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 
 from mayolact.checkpoint import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
+from mayolact.data.datasets import dataset_metadata
 from mayolact.inference import optimize_for_inference
 from mayolact.profiling import stage
 
@@ -58,6 +60,9 @@ class YOLACTPredictor(DefaultPredictor):
         if self.cfg.TEST.YOLACT.OPTIMIZE:
             optimize_for_inference(self.model)
         self.aug = T.AugmentationList(build_yolact_test_augmentation(self.cfg))
+        names = self.cfg.DATASETS.TEST
+        if names and names[0] in DatasetCatalog.list():  # class names of a COCO json not yet read
+            self.metadata = dataset_metadata(names[0])
 
     def preprocess(self, image: np.ndarray) -> Dict:
         """The model input for one image.
