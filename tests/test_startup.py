@@ -132,10 +132,7 @@ sys.argv = [path, "--help"]
 runpy.run_path(path, run_name="__main__")
 """
 
-TOOLS = [REPO / "tools" / f"{name}.py"
-         for name in ("train_net", "demo", "demo_job", "evaluate", "compare_assigners",
-                      "plot_figures", "export_model", "convert_weights", "benchmark_assigner",
-                      "benchmark_mapper")]
+TOOLS = sorted((REPO / "tools").glob("*.py"))
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=[t.stem for t in TOOLS])

@@ -27,17 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
-
-import mayolact  # noqa: F401
+import mayolact  # noqa: F401  (first: its filters for known third-party warnings)
 from mayolact.config import load_config, load_rows
-from mayolact.predictor import YOLACTPredictor
-from mayolact.profiling import STAGES, StageTimer, count_flops, measure_peak_flops
 
 REPO = Path(__file__).resolve().parents[1]
 CFG_DIR = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -45,6 +36,39 @@ CFG_DIR = REPO / "configs" / "COCO-InstanceSegmentation"
 ROWS = load_rows(str(REPO / "configs" / "rows" / "benchmark_inference.yaml"))
 DEFAULT_CONFIGS = [(row["label"], row["config"]) for row in ROWS.values()]
 PAPER_FPS = {row["config"]: row["paper_fps"] for row in ROWS.values()}
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--configs", nargs="+", help="config files (default: the Table 4 rows at 550)")
+    p.add_argument("--images", type=int, default=20, help="timed images")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up batches (not timed)")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu or cuda (default: cuda when available, else cpu)")
+    p.add_argument("--dataset", default=None, help="default: coco_mini_val, else mayolact_shapes_val")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
+    p.add_argument("--peak-seconds", type=float, default=1.0,
+                   help="time budget of each peak micro-benchmark")
+    p.add_argument("--no-flops", action="store_true", help="skip the fvcore GFLOPs count")
+    p.add_argument("--exported", action="append", default=[], metavar="MODEL",
+                   help="also time an exported model (.onnx, .ts of tools/export_model.py); repeatable")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
+    return p
+
+
+if __name__ == "__main__":
+    get_parser().parse_args()  # --help and usage errors answer here, before the heavy imports below
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from detectron2.data import DatasetCatalog  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+
+from mayolact.predictor import YOLACTPredictor  # noqa: E402
+from mayolact.profiling import STAGES, StageTimer, count_flops, measure_peak_flops  # noqa: E402
 
 
 def load_images(dataset, n):
@@ -121,21 +145,10 @@ def benchmark_exported(path, images, image_format, warmup):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="+", help="config files (default: the Table 4 rows at 550)")
-    p.add_argument("--images", type=int, default=20, help="timed images")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up batches (not timed)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dataset", default=None, help="default: coco_mini_val, else mayolact_shapes_val")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
-    p.add_argument("--peak-seconds", type=float, default=1.0,
-                   help="time budget of each peak micro-benchmark")
-    p.add_argument("--no-flops", action="store_true", help="skip the fvcore GFLOPs count")
-    p.add_argument("--exported", action="append", default=[], metavar="MODEL",
-                   help="also time an exported model (.onnx, .ts of tools/export_model.py); repeatable")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
+    p = get_parser()
     args = p.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch < 1:
