@@ -246,3 +246,25 @@ def test_train_net_missing_image_names_the_file(tmp_path):
         _train(tmp_path, name)
     assert str(image) in str(exc.value)
     assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+# ------------------------------------------------------------------------------ make demo
+@pytest.mark.slow
+def test_demo_job_logs_everything_and_keeps_metrics_json(tmp_path):
+    """``make demo`` in miniature: the project's lines and the oLRP tables in log.txt, Detectron2's
+    per-iteration metrics.json kept, the job's summary beside it, drawings in the inputs' format."""
+    from common import run_tool
+
+    out = tmp_path / "demo"
+    proc = run_tool("demo_job", ["--output", out, "--num-vis", 2, "SOLVER.MAX_ITER", 2,
+                                 "SOLVER.IMS_PER_BATCH", 2, "INPUT.YOLACT.SIZE", 128,
+                                 "DATALOADER.NUM_WORKERS", 0], tmp_path, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    log = (out / "log.txt").read_text()
+    assert "mayolact.data.dataset_mapper" in log and "Per-category segm oLRP" in log
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "total_loss" in r][-1] == 1
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert set(summary["results"]) == {"bbox", "segm"} and "oLRP" in summary["results"]["segm"]
+    assert sorted(p.suffix for p in (out / "vis").iterdir()) == [".png", ".png"]  # shapes: PNG
+    assert "demo_summary.json" in proc.stdout
