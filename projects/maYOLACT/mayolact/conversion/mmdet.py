@@ -152,10 +152,11 @@ class _Layout:
 
 
 def _target_name(key: str, layout: _Layout) -> Tuple[Optional[str], Transform, str]:
-    """(our name, transform, why-dropped) of one non-ResNet mmdet key.
+    """(our name, transform, why-dropped) of one mmdet key other than a plain ResNet tensor.
 
-    Our name is None for a key with no place in the model; why-dropped is then "" for an unknown
-    key (an error) or the reason a known key is not needed (reported).
+    Our name is None for a key with no place in the model (and for plain ResNet tensors, which
+    :func:`convert_torchvision_resnet` names); why-dropped is then "" for an unknown key (an
+    error) or the reason a known key is not needed (reported).
     """
     m = _DCN_OFFSET.match(key)
     if m:
