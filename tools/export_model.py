@@ -17,7 +17,6 @@ Examples::
         --output output/vis
 """
 import argparse
-import logging
 import sys
 
 #: The keys of ``mayolact.export.EXPORT_FORMATS``, spelled out so that ``--help`` imports no torch.
@@ -58,8 +57,6 @@ def main(argv=None):
     # Heavy imports after the parse, so that --help answers at once.
     import torch
     from detectron2.data.detection_utils import read_image
-    from detectron2.utils.logger import setup_logger
-
     import mayolact  # noqa: F401  (registers everything)
     from mayolact.config import ConfigError, load_config
     from mayolact.export import (
@@ -68,10 +65,10 @@ def main(argv=None):
         export_model,
         sample_inputs,
     )
+    from mayolact.logger import setup_logging
     from mayolact.predictor import YOLACTPredictor
 
-    setup_logger(name="mayolact")
-    logger = setup_logger()
+    logger = setup_logging(with_detectron2=True)  # Detectron2's format for every line
     try:
         # Exports are traced on the CPU: the graphs keep the tracing device in their constants.
         cfg = load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
@@ -103,5 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     sys.exit(main())
