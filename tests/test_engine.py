@@ -251,3 +251,11 @@ def test_relative_steps_outside_0_1_name_the_key(fractions):
     cfg.SOLVER.YOLACT.RELATIVE_STEPS = fractions
     with pytest.raises(ValueError, match="SOLVER.YOLACT.RELATIVE_STEPS"):
         resolve_lr_steps(cfg)
+
+
+def test_relative_steps_of_a_tiny_run_are_silent(caplog):
+    cfg = _cfg(STEPS=(), MAX_ITER=2)
+    cfg.SOLVER.YOLACT.RELATIVE_STEPS = (0.75,)  # 1.5 rounds to 2 = MAX_ITER: no step
+    with caplog.at_level("WARNING", logger="mayolact.engine"):
+        assert resolve_lr_steps(cfg) == ()
+    assert not caplog.text

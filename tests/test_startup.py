@@ -189,3 +189,25 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert instances.image_size == (128, 128)
     assert {"pred_boxes", "pred_masks", "scores", "pred_classes"} <= set(instances.get_fields())
     assert namespace["predictor"].metadata.thing_classes == list(SHAPES_CLASSES)
+
+
+def test_known_log_records_are_dropped():
+    """torch's "No CUDA runtime is found" (logged when Detectron2 reports the environment on a
+    machine without a GPU) is dropped; the same logger's other records are not."""
+    import logging
+
+    import torch  # noqa: F401  (torch sets up its loggers first)
+
+    filter_known_warnings()
+    filter_known_warnings()  # idempotent
+    log = logging.getLogger("torch.utils.cpp_extension")
+    seen = []
+    log.addHandler(handler := logging.Handler())
+    handler.emit = lambda record: seen.append(record.getMessage())
+    try:
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        log.warning("something else")
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["something else"]
+    assert sum(type(f).__name__ == "_DropRecords" for f in log.filters) == 1

@@ -195,7 +195,9 @@ def resolve_lr_steps(cfg) -> tuple:
                 f"SOLVER.YOLACT.RELATIVE_STEPS {fractions}: fractions of SOLVER.MAX_ITER must lie "
                 f"in (0, 1), got {bad}"
             )
-        steps = tuple(sorted({max(1, int(round(f * max_iter))) for f in fractions}))
+        # A run of a few iterations can round a step onto MAX_ITER: no step then, silently.
+        return tuple(sorted({s for s in (max(1, round(f * max_iter)) for f in fractions)
+                             if s < max_iter}))
     kept = tuple(s for s in steps if s < max_iter)
     if kept != steps:
         logger.warning(

@@ -15,7 +15,13 @@ This module imports neither torch nor Detectron2 at import time.
 import logging
 import warnings
 
-__all__ = ["KNOWN_WARNINGS", "filter_known_warnings", "setup_logging", "default_setup"]
+__all__ = [
+    "KNOWN_WARNINGS",
+    "KNOWN_LOG_RECORDS",
+    "filter_known_warnings",
+    "setup_logging",
+    "default_setup",
+]
 
 #: (message regex, category, issuing module regex) of third-party warnings that say nothing to a
 #: user of this project: fvcore and Detectron2 script functions with ``torch.jit.script`` at
@@ -28,10 +34,34 @@ KNOWN_WARNINGS = (
 )
 
 
+#: (logger, message start) of third-party log records of the same kind: Detectron2's environment
+#: report imports ``torch.utils.cpp_extension``, which warns, in torch's own log format, on every
+#: machine that has a CUDA folder but no GPU runtime.
+KNOWN_LOG_RECORDS = (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+)
+
+
+class _DropRecords(logging.Filter):
+    """Drops the records whose (unformatted) message starts with ``start``."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
 def filter_known_warnings() -> None:
-    """Ignore :data:`KNOWN_WARNINGS` (and only them); harmless to call twice."""
+    """Ignore :data:`KNOWN_WARNINGS` and :data:`KNOWN_LOG_RECORDS` (and only them); harmless to
+    call twice."""
     for message, category, module in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, start in KNOWN_LOG_RECORDS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropRecords) and f.start == start for f in log.filters):
+            log.addFilter(_DropRecords(start))
 
 
 def setup_logging(output_dir=None, distributed_rank: int = 0, *,
