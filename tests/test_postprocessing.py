@@ -173,6 +173,9 @@ def test_fast_nms_empty_and_threshold():
     b, s, c, co = fast_nms(torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0, 2))
     assert b.shape == (0, 4) and s.shape == (0,) and c.shape == (0,) and co.shape == (0, 2)
     assert c.dtype == torch.int64
+    # No class score above the threshold: nothing, with the dtypes of a detection.
+    b, s, c, co = fast_nms(torch.rand(6, 4), torch.full((6, 3), 0.05), torch.zeros(6, 2))
+    assert b.shape == (0, 4) and s.shape == (0,) and c.dtype == torch.int64 and co.shape == (0, 2)
     # Scores must be strictly above the threshold.
     b, s, c, _ = fast_nms(torch.tensor([[0.0, 0, 5, 5]]), torch.tensor([[0.05, 0.06]]), None)
     assert c.tolist() == [1]

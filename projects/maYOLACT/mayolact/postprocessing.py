@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from mayolact.box_ops import batched_box_iou
+from mayolact.box_ops import paired_iou
 
 __all__ = [
     "fast_nms",
@@ -106,13 +106,20 @@ def fast_nms(
         x[top] for x in (cls_idx, anchor_idx, cand_scores, rank))
 
     # The candidates above candidate p in its class are the rank[p] positions just before p, at
-    # most top_k - 1 of them: IoUs with a band of width min(top_k, n) instead of all top_k**2
+    # most top_k - 1 of them: IoUs with a band of width W = min(top_k, n) instead of all top_k**2
     # pairs of every class. IoU(higher, lower) as in the dense form, so the values are identical.
+    # Column j of row p holds candidate p - W + j, at distance W - j above p. Both operands are
+    # coordinate-major, so that the elementwise ops run along W with unit stride; index_select
+    # (not unfold, which ONNX cannot export with a data-dependent P) gathers the window.
     cand_boxes = boxes[anchor_idx]  # (P, 4)
-    band = torch.arange(1, min(top_k, boxes.shape[0]) + 1, device=boxes.device)  # (W,)
-    above = torch.arange(cls_idx.shape[0], device=boxes.device)[:, None] - band  # (P, W)
-    iou = batched_box_iou(cand_boxes[above.clamp(min=0)], cand_boxes[:, None, :])[..., 0]
-    iou = torch.where(band[None, :] <= rank[:, None], iou, iou.new_zeros(()))
+    width = min(top_k, boxes.shape[0])
+    coords = F.pad(cand_boxes.t(), (width, 0))  # (4, W + P), W leading zero boxes
+    band = torch.arange(width, device=boxes.device)  # (W,)
+    window_idx = (torch.arange(cls_idx.shape[0], device=boxes.device)[:, None] + band).flatten()
+    window = coords.index_select(1, window_idx).view(4, cls_idx.shape[0], width).permute(1, 2, 0)
+    iou = paired_iou(window, coords[:, width:].t()[:, None, :])  # (P, W)
+    distance = width - band  # (W,)
+    iou = torch.where(distance[None, :] <= rank[:, None], iou, iou.new_zeros(()))
     iou_max = iou.max(dim=1).values  # (P,): max IoU with any higher-scoring candidate, 0 if none
     keep = ((iou_max <= iou_threshold) & (cand_scores > score_threshold)).nonzero().squeeze(1)
 
