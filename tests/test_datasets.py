@@ -170,3 +170,20 @@ def test_dataset_arguments_register_json_paths(tmp_path):
     other = write_coco(tmp_path / "other")
     with pytest.raises(ValueError, match="--image-root .*nope: not a folder"):
         dataset_arguments([str(other)], image_root=str(tmp_path / "nope"))
+
+
+def test_absent_coco_mini_still_has_cocos_classes(tmp_path, monkeypatch):
+    """Without its files a coco_mini split stays unregistered, but configs naming it (the quick
+    configs) still take COCO's 80 classes; a misspelt name gets the closest registered ones."""
+    from mayolact.data import datasets
+
+    name = fresh("coco_mini_val")  # a split name of its own: the real ones stay as they are
+    monkeypatch.setattr(datasets, "COCO_MINI_SPLITS",
+                        {name: ("val2017", "annotations/instances_val2017.json")})
+    assert datasets.register_coco_mini(tmp_path / "missing") == []
+    assert name not in DatasetCatalog.list()
+    assert dataset_classes(name) == list(MetadataCatalog.get("coco_2017_val").thing_classes)
+    assert resolve_num_classes(cfg_with(test=[name])) == 80
+    assert apply_dataset_config(cfg_with(train=[name])).MODEL.YOLACT.NUM_CLASSES == 80
+    with pytest.raises(KeyError, match="did you mean 'coco_2017_val'"):
+        dataset_metadata("coco_2017_vall")

@@ -3,7 +3,7 @@
 - ``coco_mini_train`` / ``coco_mini_val``: the small COCO subset used by the tests and demos, read
   from ``$MAYOLACT_COCO_MINI`` or ``<repo>/../shared/data/coco_mini`` (``annotations/
   instances_{train,val}2017.json`` and ``{train,val}2017/`` images). A split is registered only
-  when its json exists; nothing is registered (and nothing fails) otherwise.
+  when its json exists; otherwise only its metadata is set (COCO's class names) and nothing fails.
 - COCO 2017 itself: Detectron2 registers ``coco_2017_train``, ``coco_2017_val``,
   ``coco_2017_test-dev``, ... when ``detectron2.data.datasets`` is imported
   (``detectron2/data/datasets/builtin.py`` runs ``register_all_coco`` at import time, under
@@ -26,6 +26,7 @@ The class list of a registered COCO json is known to Detectron2 only once the da
 :func:`resolve_num_classes` takes from the training set when it is 0.
 """
 
+import difflib
 import json
 import logging
 import os
@@ -91,17 +92,26 @@ def register_coco_with_ids(name: str, json_file: str, image_root: str) -> None:
 def register_coco_mini(root: Optional[Path] = None) -> list:
     """Register the coco_mini splits found under ``root`` (default :func:`coco_mini_root`).
 
-    Names that are already registered are left alone.
+    Names that are already registered are left alone. A split whose files are absent stays
+    unregistered, but its metadata gets COCO's class names (those of Detectron2's
+    ``coco_2017_train``, which coco_mini's json shares), so that a config naming it (the quick
+    configs) still has its 80 classes, as ``coco_2017_*`` do without their files.
 
     Returns:
         list[str]: the names registered by this call.
     """
     root = Path(root) if root is not None else coco_mini_root()
-    if root is None:
-        return []
     done = []
     for name, (images, ann) in COCO_MINI_SPLITS.items():
-        if name in DatasetCatalog.list() or not (root / ann).is_file():
+        if name in DatasetCatalog.list():
+            continue
+        if root is None or not (root / ann).is_file():
+            meta = MetadataCatalog.get(name)
+            if "thing_classes" not in meta.as_dict():
+                coco = MetadataCatalog.get("coco_2017_train")
+                meta.set(thing_classes=list(coco.thing_classes),
+                         thing_dataset_id_to_contiguous_id=dict(
+                             coco.thing_dataset_id_to_contiguous_id))
             continue
         register_coco_with_ids(name, root / ann, root / images)
         done.append(name)
@@ -208,12 +218,19 @@ def dataset_metadata(name: str):
     """``MetadataCatalog.get(name)`` with ``thing_classes`` filled in from the COCO json's
     ``categories`` when the dataset has not been loaded yet (Detectron2 sets them only on load).
 
+    A name that is not registered but has class names in its metadata (coco_mini without its
+    files, see :func:`register_coco_mini`) gives that metadata.
+
     Raises:
-        KeyError: ``name`` is not registered (the message lists the registered names).
+        KeyError: ``name`` is neither registered nor has class names (the message names the
+            registered names closest to it).
     """
     if name not in DatasetCatalog.list():
-        raise KeyError(
-            f"dataset {name!r} is not registered; registered: {', '.join(DatasetCatalog.list())}")
+        if name in MetadataCatalog.list() and "thing_classes" in MetadataCatalog.get(name).as_dict():
+            return MetadataCatalog.get(name)
+        close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise KeyError(f"dataset {name!r} is not registered{hint}")
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file") if "thing_classes" not in meta.as_dict() else None
     if json_file:
@@ -286,7 +303,10 @@ def apply_dataset_config(cfg):
     """
     register_config_datasets(cfg)
     names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
-    if cfg.MODEL.YOLACT.NUM_CLASSES == 0 and names and names[0] in DatasetCatalog.list():
+    known = names and (names[0] in DatasetCatalog.list() or (
+        names[0] in MetadataCatalog.list()
+        and "thing_classes" in MetadataCatalog.get(names[0]).as_dict()))
+    if cfg.MODEL.YOLACT.NUM_CLASSES == 0 and known:
         cfg.MODEL.YOLACT.NUM_CLASSES = resolve_num_classes(cfg)
         logger.info("MODEL.YOLACT.NUM_CLASSES: %d, from %s", cfg.MODEL.YOLACT.NUM_CLASSES, names[0])
     if cfg.MODEL.META_ARCHITECTURE == "YOLACT":
