@@ -187,3 +187,20 @@ def test_absent_coco_mini_still_has_cocos_classes(tmp_path, monkeypatch):
     assert apply_dataset_config(cfg_with(train=[name])).MODEL.YOLACT.NUM_CLASSES == 80
     with pytest.raises(KeyError, match="did you mean 'coco_2017_val'"):
         dataset_metadata("coco_2017_vall")
+
+
+def test_demo_names_classes_of_an_unloaded_json_and_survives_an_absent_test_set(tmp_path, caplog):
+    """Drawings of a registered COCO json show its class names before it is read; a test set that
+    is not on the machine costs the names (with a warning), not the drawing."""
+    from mayolact.visualization import Demo
+
+    json_file = write_coco(tmp_path)
+    name = fresh()
+    cfg = cfg_with([(name, str(json_file), str(tmp_path))], test=[name], num_classes=3)
+    register_config_datasets(cfg)
+    fake = object()  # the predictor is not needed to choose the metadata
+    assert Demo(cfg, predictor=fake).metadata.thing_classes == ["solid", "hollow", "thin"]
+    with caplog.at_level("WARNING", logger="mayolact.visualization"):
+        demo = Demo(cfg_with(test=["not_here"], num_classes=3), predictor=fake)
+    assert "thing_classes" not in demo.metadata.as_dict()
+    assert "'not_here' is not registered: the drawings show class numbers" in caplog.text

@@ -82,7 +82,12 @@ class Demo:
         name = metadata_name or (names[0] if names else None)
         # A registered COCO json knows its class names only once loaded: read them now, so that
         # drawings show names, not class numbers.
-        self.metadata = dataset_metadata(name) if name else MetadataCatalog.get("__unused")
+        self.metadata = MetadataCatalog.get("__unused")
+        if name:
+            try:
+                self.metadata = dataset_metadata(name)
+            except KeyError as e:  # the test set is not on this machine: numbers, not a crash
+                logger.warning("%s: the drawings show class numbers", e.args[0])
         self.predictor = YOLACTPredictor(cfg) if predictor is None else predictor
         self.input_format = cfg.INPUT.FORMAT
         self.threshold = confidence_threshold
