@@ -28,3 +28,11 @@ def test_benchmark_mapper_prints_the_overhead(capsys):
     tool.main(["--images", "2", "--size", "128", "--dataset", "mayolact_shapes_train"])
     out = capsys.readouterr().out
     assert "with integral images" in out and "without integral images" in out
+
+
+def test_fast_nms_benchmark_checks_and_prints(capsys):
+    from benchmark_fast_nms import main
+
+    main(["--sets", "1", "--repeats", "1", "--background", "5"])
+    out = capsys.readouterr().out
+    assert "| 0 |" in out and "same detections, bit for bit" in out
