@@ -47,7 +47,8 @@ ORDERS = {
 }
 
 
-@pytest.mark.parametrize("order", list(ORDERS))
+@pytest.mark.parametrize("order", [pytest.param(o, marks=[] if o == "mayolact first" else
+                                                  pytest.mark.slow) for o in ORDERS])
 def test_registration_in_any_import_order(order):
     """Registration happens whichever is imported first. Detectron2's import (torch.jit.script)
     and its DefaultAnchorGenerator (torch.meshgrid without indexing) warn with this torch: once
