@@ -14,6 +14,7 @@
 * Bad input: a missing file, an unknown extension, a file without the export description, a
   model in training mode, an ONNX opset without DeformConv.
 """
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -38,10 +39,11 @@ from mayolact.export import (
     load_exported,
     onnx_symbolics,
     sample_inputs,
+    summarize_comparisons,
 )
 from mayolact.predictor import YOLACTPredictor
 
-from common import QUICK, coco_mini_root, get_config, load_tool
+from common import QUICK, coco_mini_root, get_config, load_tool, tiny_config
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -56,11 +58,12 @@ BOX_TOL, SCORE_TOL = 1e-3, 1e-5
 
 
 def assert_reproduces(expected, actual, where):
-    """Same detections; boxes, scores within tolerance; masks differ only on their contours, in
-    at most one row's or column's worth of pixels (a one-pixel shift of a straight edge where the
-    upsampled probability is exactly the threshold, e.g. half-way to a crop edge)."""
-    diff = compare_instances(expected, actual)
-    assert diff["same_count"] and diff["same_classes"], (where, diff)
+    """The same detections (class, score within 1e-5, box within 1e-3 px), in the same order up
+    to scores closer than 1e-5; masks differ only on their contours, in at most one row's or
+    column's worth of pixels (a one-pixel shift of a straight edge where the upsampled
+    probability is exactly the threshold, e.g. half-way to a crop edge)."""
+    diff = compare_instances(expected, actual, score_tol=SCORE_TOL)
+    assert diff["same_count"] and diff["matched"], (where, diff)
     assert diff["box_max_diff"] <= BOX_TOL, (where, diff)
     assert diff["score_max_diff"] <= SCORE_TOL, (where, diff)
     assert diff["mask_off_contour_pixels"] == 0, (where, diff)
@@ -182,6 +185,41 @@ def test_postprocess_takes_the_traced_output_size():
         assert torch.equal(a, b), field
 
 
+def _instances(boxes, scores, classes, masks):
+    from detectron2.structures import Boxes, Instances
+
+    return Instances(tuple(masks.shape[1:]), pred_boxes=Boxes(torch.tensor(boxes)),
+                     scores=torch.tensor(scores), pred_classes=torch.tensor(classes),
+                     pred_masks=masks)
+
+
+def test_compare_instances_matches_near_ties_and_locates_mask_differences():
+    masks = torch.zeros(3, 12, 12, dtype=torch.bool)
+    masks[0, 2:8, 2:8] = masks[1, 5:10, 1:4] = masks[2, 0:3, 0:12] = True
+    boxes = [[2.0, 2, 8, 8], [1, 5, 4, 10], [0, 0, 12, 3]]
+    expected = _instances(boxes, [0.9, 0.5, 0.5 - 2e-7], [1, 4, 2], masks)
+    # Rounding swapped the two near-tied detections and moved a box by 1e-4 px.
+    order = [0, 2, 1]
+    moved = [list(boxes[i]) for i in order]
+    moved[0][0] += 1e-4
+    actual = _instances(moved, [0.9, 0.5 - 1e-7, 0.5], [1, 2, 4], masks[order].clone())
+    actual.pred_masks[0, 2:8, 8] = True  # a one-pixel shift of an edge: contour pixels
+    diff = compare_instances(expected, actual)
+    assert diff["matched"] == 1 and diff["reordered"] == 2
+    assert diff["score_max_diff"] == pytest.approx(2e-7, abs=2e-8)  # position by position
+    assert diff["box_max_diff"] == pytest.approx(1e-4, rel=1e-2)
+    assert diff["mask_max_pixels"] == 6 and diff["mask_off_contour_pixels"] == 0
+    actual.pred_masks[0, 4, 4] = False  # inside the mask: not a contour pixel
+    assert compare_instances(expected, actual)["mask_off_contour_pixels"] == 1
+    actual.pred_classes[2] = 7  # a detection without a counterpart
+    assert compare_instances(expected, actual)["matched"] == 0
+    fewer = compare_instances(expected, actual[:2])
+    assert fewer["same_count"] == 0 and fewer["matched"] == 0
+    total = summarize_comparisons([diff, fewer])
+    assert total["detections"] == 6 and total["matched"] == 0 and total["reordered"] != total["reordered"]
+    assert summarize_comparisons([diff, diff])["reordered"] == 4
+
+
 # ---------------------------------------------------------------------- models on images
 def trained_like_predictor(cfg, image):
     """An eager predictor on a seeded random model scaled to behave like a trained one.
@@ -189,7 +227,7 @@ def trained_like_predictor(cfg, image):
     DCN offsets (zero-initialised) get about a pixel and the CARAFE encoder non-uniform kernels;
     the classifier and the box regressor are rescaled on ``image`` (BGR) so that the class logits
     have a standard deviation of 2 (scores spread, rarely saturated: random weights give logits
-    in the hundreds, scores of 0 or 1, and ties) and the box deltas one of 0.5.
+    in the hundreds, scores of 0 or 1, and ties) and the box deltas one of 0.5 (random: ~100).
     """
     torch.manual_seed(0)
     predictor = YOLACTPredictor(cfg)
@@ -225,10 +263,15 @@ def exported(request, coco_images, tmp_path_factory):
     eager = trained_like_predictor(cfg, read_image(coco_images[0], format="BGR"))
     DetectionCheckpointer(eager.model, save_dir=str(folder)).save("weights")
     opts = OPTS + ["MODEL.WEIGHTS", str(folder / "weights.pth")]
-    code = load_tool("export_model").main([
-        "--config-file", str(CONFIGS[request.param]), "--sample-image", coco_images[0],
-        "--output", str(folder), *opts])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = load_tool("export_model").main([
+            "--config-file", str(CONFIGS[request.param]), "--sample-image", coco_images[0],
+            "--output", str(folder), "--check", "2", *opts])
     assert code == 0
+    report = printed.getvalue()  # --check: the sample image and the next of its folder
+    for fmt in ("onnx", "torchscript"):
+        assert f"{fmt} vs eager on 2 images: detections " in report and "matched 1," in report
     paths = {"onnx": str(folder / "model.onnx"), "torchscript": str(folder / "model.ts")}
     return eager, paths, CONFIGS[request.param]
 
@@ -247,6 +290,7 @@ def test_exported_model_reproduces_eager(exported, fmt, coco_images):
         diff = assert_reproduces(expected, actual, path)
         if fmt == "torchscript":  # the same kernels as eager: identical
             assert diff["box_max_diff"] == diff["score_max_diff"] == diff["mask_max_pixels"] == 0
+            assert diff["reordered"] == 0
         total += len(expected)
     assert total >= len(coco_images)  # the comparison is not vacuous
 
@@ -300,7 +344,8 @@ def test_exported_predictor_takes_a_list(exported, coco_images):
 
 def test_trace_generalises_between_empty_and_nonempty_images(coco_images, tmp_path):
     """A threshold between two images' best scores: one has detections, the other none."""
-    cfg = get_config(str(CONFIGS["yolact"]), OPTS)
+    cfg = tiny_config("fixed_iou", size=128)  # a small graph: two exports
+    cfg.MODEL.YOLACT.SCORE_THRESH_TEST = 0.05
     images = [read_image(p, format="BGR") for p in coco_images[:2]]
     eager = trained_like_predictor(cfg, images[0])
     model = eager.model

@@ -17,6 +17,7 @@ Examples::
         --output output/vis
 """
 import argparse
+import os
 import sys
 
 #: The keys of ``mayolact.export.EXPORT_FORMATS``, spelled out so that ``--help`` imports no torch.
@@ -31,8 +32,10 @@ def get_parser():
     parser.add_argument("--sample-image", default=None,
                         help="image to trace with (default: the first image of DATASETS.TEST[0])")
     parser.add_argument("--output", required=True, help="output folder for model.ts / model.onnx")
-    parser.add_argument("--check", action="store_true",
-                        help="run the exported models on the sample image and compare with eager")
+    parser.add_argument("--check", nargs="?", type=int, const=1, default=0, metavar="N",
+                        help="compare the exported models, and the eager model in float64, with "
+                             "the eager model on N images (default 1): the sample image and the "
+                             "next ones of its folder")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs")
     return parser
@@ -55,6 +58,8 @@ def sample_image_path(cfg, sample_image):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # Heavy imports after the parse, so that --help answers at once.
+    import copy
+
     import torch
     from detectron2.data.detection_utils import read_image
     import mayolact  # noqa: F401  (registers everything)
@@ -64,9 +69,11 @@ def main(argv=None):
         compare_instances,
         export_model,
         sample_inputs,
+        summarize_comparisons,
     )
     from mayolact.logger import setup_logging
     from mayolact.predictor import YOLACTPredictor
+    from mayolact.visualization import expand_inputs
 
     logger = setup_logging(with_detectron2=True)  # Detectron2's format for every line
     try:
@@ -90,12 +97,22 @@ def main(argv=None):
     for fmt, written in paths.items():
         logger.info("wrote %s (%s, traced on %s)", written, fmt, path)
 
-    if args.check:
+    if args.check > 0:
+        folder = sorted(expand_inputs([os.path.dirname(os.path.abspath(path))]))
+        start = folder.index(os.path.abspath(path)) if os.path.abspath(path) in folder else 0
+        images = [read_image(f, format="BGR") for f in folder[start:start + args.check]]
         with torch.no_grad():
-            expected = predictor(image)["instances"]
-        for fmt, written in paths.items():
-            diff = compare_instances(expected, ExportedYOLACTPredictor(written)(image)["instances"])
-            print(f"{fmt}: " + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()))
+            expected = [predictor(im)["instances"] for im in images]
+        runs = {fmt: ExportedYOLACTPredictor(written) for fmt, written in paths.items()}
+        # The yardstick: the eager network in float64 against float32, its own rounding error.
+        model64 = copy.deepcopy(predictor.model).double()
+        runs["eager float64"] = lambda im: model64([predictor.preprocess(im)])[0]
+        for name, run in runs.items():
+            with torch.no_grad():
+                diff = summarize_comparisons(
+                    [compare_instances(e, run(im)["instances"]) for e, im in zip(expected, images)])
+            print(f"{name} vs eager on {len(images)} images: "
+                  + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()))
     return 0
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "onnx_symbolics",
     "export_model",
     "compare_instances",
+    "summarize_comparisons",
     "load_exported",
     "ExportedYOLACTPredictor",
 ]
@@ -321,45 +322,85 @@ def export_model(cfg, model: nn.Module, inputs: List[Dict[str, Tensor]], output_
     }
 
 
-def compare_instances(expected: Instances, actual: Instances) -> Dict[str, float]:
+def compare_instances(expected: Instances, actual: Instances,
+                      score_tol: float = 1e-5) -> Dict[str, float]:
     """How far an exported model's instances are from the eager model's, on one image.
+
+    Each expected detection is matched, in order, to the unmatched actual one of the same class
+    whose score is within ``score_tol`` and whose box is nearest. Rounding can reorder detections
+    whose scores differ by less than it; ``score_max_diff`` compares the score lists position by
+    position, so a small value also says that any reordering was among such near-ties.
 
     Args:
         expected (Instances): the eager model's, with pred_boxes, scores, pred_classes, pred_masks.
         actual (Instances): the exported model's, same fields.
+        score_tol (float): the score difference allowed in a match.
 
     Returns:
-        dict: ``detections`` (expected count), ``same_count`` and ``same_classes`` (1.0 or 0.0,
-        classes in order), ``box_max_diff`` (px), ``score_max_diff``, ``mask_max_pixels`` (the
-        most pixels in which one instance's masks differ) and ``mask_off_contour_pixels``
-        (differing pixels that are not on the contour of the expected mask, i.e. whose 3 x 3
-        neighbourhood in it is uniform). The differences are NaN when the counts differ.
+        dict: ``detections`` (expected count), ``same_count`` and ``matched`` (1.0 or 0.0: every
+        detection has its counterpart), ``reordered`` (detections matched at another position),
+        ``score_max_diff`` (position by position), and over the matched pairs ``box_max_diff``
+        (px), ``mask_max_pixels`` (the most pixels in which one pair's masks differ) and
+        ``mask_off_contour_pixels`` (differing pixels whose 3 x 3 neighbourhood in the expected
+        mask is uniform, i.e. not on its contour). NaN where the counts differ.
     """
     n = len(expected)
     out = {"detections": float(n), "same_count": float(n == len(actual))}
     if n != len(actual):
         nan = float("nan")
-        out.update(same_classes=0.0, box_max_diff=nan, score_max_diff=nan, mask_max_pixels=nan,
-                   mask_off_contour_pixels=nan)
+        out.update(matched=0.0, reordered=nan, score_max_diff=nan, box_max_diff=nan,
+                   mask_max_pixels=nan, mask_off_contour_pixels=nan)
         return out
     if tuple(expected.pred_masks.shape) != tuple(actual.pred_masks.shape):
         raise ValueError(
             f"compare_instances: mask shapes differ, {tuple(expected.pred_masks.shape)} vs "
             f"{tuple(actual.pred_masks.shape)}")
+    expected, actual = expected.to("cpu"), actual.to("cpu")
+    boxes_e, boxes_a = expected.pred_boxes.tensor, actual.pred_boxes.tensor
+    candidate = ((expected.pred_classes[:, None] == actual.pred_classes[None, :])
+                 & ((expected.scores[:, None] - actual.scores[None, :]).abs() <= score_tol))
+    distance = (boxes_e[:, None, :] - boxes_a[None, :, :]).abs().amax(dim=2)  # (n, n)
+    distance = distance.masked_fill(~candidate, float("inf"))
+    match = torch.full((n,), -1, dtype=torch.int64)
+    for i in range(n):
+        j = int(distance[i].argmin()) if n else -1
+        if torch.isfinite(distance[i, j]):
+            match[i] = j
+            distance[:, j] = float("inf")
+    ok = match >= 0
+    pairs_e, pairs_a = ok.nonzero().squeeze(1), match[ok]
 
     def max_or_zero(x: Tensor) -> float:
         return float(x.max()) if x.numel() else 0.0
 
-    out["same_classes"] = float(torch.equal(expected.pred_classes.cpu(), actual.pred_classes.cpu()))
-    out["box_max_diff"] = max_or_zero(
-        (expected.pred_boxes.tensor.cpu() - actual.pred_boxes.tensor.cpu()).abs())
-    out["score_max_diff"] = max_or_zero((expected.scores.cpu() - actual.scores.cpu()).abs())
-    masks = expected.pred_masks.cpu()
-    differ = masks != actual.pred_masks.cpu()
+    out["matched"] = float(bool(ok.all()))
+    out["reordered"] = float((pairs_e != pairs_a).sum())
+    out["score_max_diff"] = max_or_zero((expected.scores - actual.scores).abs())
+    out["box_max_diff"] = max_or_zero((boxes_e[pairs_e] - boxes_a[pairs_a]).abs())
+    masks = expected.pred_masks[pairs_e]
+    differ = masks != actual.pred_masks[pairs_a]
     m = masks[:, None].float()
     contour = (F.max_pool2d(m, 3, 1, 1) != -F.max_pool2d(-m, 3, 1, 1))[:, 0]  # dilation != erosion
     out["mask_max_pixels"] = max_or_zero(differ.flatten(1).sum(1))
     out["mask_off_contour_pixels"] = float((differ & ~contour).sum())
+    return out
+
+
+def summarize_comparisons(diffs: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Several images' :func:`compare_instances` in one: the detections and reorderings summed,
+    ``same_count`` and ``matched`` 1.0 only if they hold on every image, the differences' worst
+    (NaN if an image has one)."""
+    if not diffs:
+        raise ValueError("summarize_comparisons: no comparisons")
+    out = {}
+    for key in diffs[0]:
+        values = [d[key] for d in diffs]
+        if key in ("detections", "reordered"):
+            out[key] = float(sum(values))
+        elif key in ("same_count", "matched"):
+            out[key] = float(min(values))
+        else:
+            out[key] = float("nan") if any(v != v for v in values) else float(max(values))
     return out
 
 
