@@ -52,7 +52,8 @@ def get_parser():
                    help="time budget of each peak micro-benchmark")
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore GFLOPs count")
     p.add_argument("--exported", action="append", default=[], metavar="MODEL",
-                   help="also time an exported model (.onnx, .ts of tools/export_model.py); repeatable")
+                   help="also time an exported model (.onnx, .ts of tools/export_model.py); "
+                        "repeatable")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
     return p
 

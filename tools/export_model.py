@@ -9,8 +9,9 @@ on the sample image and prints how far they are from the eager model.
 
 Examples::
 
-    python tools/export_model.py --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
-        --output output/export --check MODEL.WEIGHTS model_final.pth
+    CFG=configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
+    python tools/export_model.py --config-file $CFG --output output/export --check 5 \
+        MODEL.WEIGHTS model_final.pth
     python tools/export_model.py --config-file <cfg> --format onnx \
         --sample-image ../shared/data/coco_mini/val2017/000000000139.jpg --output output/export
     python tools/demo.py --config-file <cfg> --exported output/export/model.onnx --input image.jpg \
@@ -26,7 +27,8 @@ FORMATS = ("onnx", "torchscript")
 
 def get_parser():
     parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
+    parser.add_argument("--config-file", required=True, metavar="FILE",
+                        help="path to a config file")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
                         help="output formats (default: both)")
     parser.add_argument("--sample-image", default=None,

@@ -1,4 +1,5 @@
-"""Export YOLACT / maYOLACT for deployment: TorchScript (tracing) and ONNX, network AND post-processing.
+"""Export YOLACT / maYOLACT for deployment: TorchScript (tracing) and ONNX, network AND
+post-processing.
 
 Follows Detectron2's deployment conventions (``tools/deploy/export_model.py``): the model is wrapped
 in :class:`detectron2.export.TracingAdapter`, which flattens its rich inputs and outputs into
@@ -99,7 +100,7 @@ def sample_inputs(image: Tensor, height: int, width: int) -> List[Dict[str, Tens
 
 
 def _instance_fields(model: nn.Module, inputs: List[Dict[str, Tensor]]) -> Dict[str, object]:
-    """The fields of the first image's ``Instances`` (the size is the ``height``/``width`` input)."""
+    """The fields of the first image's ``Instances`` (its size: the height / width input)."""
     return model(inputs)[0]["instances"].get_fields()
 
 
@@ -202,7 +203,7 @@ def _topk_sort(g, self, dim: int, descending: bool):
 
 
 def _sort_symbolic(g, self, *args):
-    """``aten::sort(self, dim, descending)`` and ``aten::sort.stable(self, stable, dim, descending)``.
+    """``aten::sort(self, dim, descending)``, ``aten::sort.stable(self, stable, dim, descending)``.
 
     torch's own symbolic reads ``stable`` as an out-parameter and gives up.
     """
@@ -212,7 +213,8 @@ def _sort_symbolic(g, self, *args):
 
 
 def _bincount_symbolic(g, self, weights, minlength):
-    """``aten::bincount`` (no weights): ``out[b] = sum_i (x_i == b)``, b < max(minlength, max x + 1).
+    """``aten::bincount`` (no weights): ``out[b] = sum_i (x_i == b)``,
+    b < max(minlength, max x + 1).
 
     ``minlength`` may be a traced value (fast_nms passes a tensor's length).
     """
@@ -317,7 +319,8 @@ def export_model(cfg, model: nn.Module, inputs: List[Dict[str, Tensor]], output_
         raise ValueError(f"export: unknown formats {unknown}; choose from {list(EXPORT_FORMATS)}")
     writers = {"torchscript": export_torchscript, "onnx": export_onnx}
     return {
-        fmt: writers[fmt](cfg, model, inputs, os.path.join(output_dir, "model" + EXPORT_FORMATS[fmt]))
+        fmt: writers[fmt](
+            cfg, model, inputs, os.path.join(output_dir, "model" + EXPORT_FORMATS[fmt]))
         for fmt in formats
     }
 
@@ -419,7 +422,8 @@ class _OnnxRunner:
 
     def __call__(self, *inputs: Tensor) -> Tuple[Tensor, ...]:
         feeds = {name: x.cpu().numpy() for name, x in zip(self.input_names, inputs)}
-        return tuple(torch.from_numpy(np.ascontiguousarray(y)) for y in self.session.run(None, feeds))
+        outputs = self.session.run(None, feeds)
+        return tuple(torch.from_numpy(np.ascontiguousarray(y)) for y in outputs)
 
 
 def load_exported(path: str):
@@ -456,7 +460,8 @@ def load_exported(path: str):
             f"{path}: unknown exported model type {ext!r}; expected one of "
             f"{sorted(EXPORT_FORMATS.values())}")
     if not props.get(METADATA_KEY):
-        raise ValueError(f"{path}: no '{METADATA_KEY}' description (not written by mayolact.export)")
+        raise ValueError(
+            f"{path}: no '{METADATA_KEY}' description (not written by mayolact.export)")
     meta = json.loads(props[METADATA_KEY])
     for field in ("config", "input_names", "output_names"):
         if field not in meta:
