@@ -555,3 +555,27 @@ def test_summarize_names_groups_by_module():
     assert summarize_names(names) == ("fc, backbone.{fpn_lateral*, bottom_up.res*.*.conv2_offset}, "
                                       "head.{cls_score, tower.*}, pixel_mean")
     assert summarize_names([]) == ""
+
+
+class _NotATensor:
+    """A pickled Python object that a weights-only load refuses (as mmengine's message hub)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def test_file_with_python_objects_is_refused_unless_trusted(tmp_path, monkeypatch):
+    """A weights-only load refuses pickled objects and names the opt-in; with
+    $MAYOLACT_TRUST_PICKLE=1 the same file loads in full."""
+    from mayolact.checkpoint import TRUST_PICKLE_ENV, CheckpointError, load_weights_file
+
+    path = tmp_path / "training_state.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": _NotATensor(3)}, str(path))
+    monkeypatch.delenv(TRUST_PICKLE_ENV, raising=False)
+    refused = rf"training_state.pth: it holds Python objects .*{TRUST_PICKLE_ENV}=1"
+    with pytest.raises(CheckpointError, match=refused):
+        load_weights_file(str(path))
+    monkeypatch.setenv(TRUST_PICKLE_ENV, "1")
+    loaded = load_weights_file(str(path))
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+    assert loaded["message_hub"].value == 3

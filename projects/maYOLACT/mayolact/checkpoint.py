@@ -119,15 +119,25 @@ def _describe_read_error(path: str, err: Exception) -> str:
     if found:
         return (
             f"it holds Python objects ({found.group(1)}) besides tensors and plain containers, "
-            "which a weights-only torch.load refuses to unpickle"
+            "which a weights-only torch.load refuses to unpickle (training checkpoints of other "
+            f"frameworks often do); if you trust the file, set {TRUST_PICKLE_ENV}=1 to unpickle it"
         )
     detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
     detail = detail.group(1).strip() if detail else (text.strip().splitlines() or [""])[0]
     return f"corrupt or truncated, not a readable PyTorch checkpoint ({type(err).__name__}: {detail})"
 
 
+#: Environment variable: "1" lets a file that a weights-only load refuses be unpickled in full.
+#: Unpickling runs code from the file, so it is opt-in, for files the user trusts.
+TRUST_PICKLE_ENV = "MAYOLACT_TRUST_PICKLE"
+
+
 def load_weights_file(path: str):
     """``torch.load`` of a weights file (``weights_only``, on the CPU), with errors in words.
+
+    A file holding Python objects beyond tensors and plain containers (an mmengine training
+    checkpoint's message hub, numpy scalars in its meta) is refused, unless ``$MAYOLACT_TRUST_PICKLE``
+    is "1": then it is unpickled in full (with a warning), since such a load can run code.
 
     Args:
         path (str): a local file or a ``PathManager`` URI (``torchvision://resnet50``, ...).
@@ -146,6 +156,10 @@ def load_weights_file(path: str):
     try:
         return torch.load(local, map_location="cpu", weights_only=True)
     except Exception as e:
+        if os.environ.get(TRUST_PICKLE_ENV) == "1" and "Unsupported global" in str(e):
+            logger.warning("%s: unpickled in full (%s=1): it holds Python objects", path,
+                           TRUST_PICKLE_ENV)
+            return torch.load(local, map_location="cpu", weights_only=False)
         raise CheckpointError(f"{path}: {_describe_read_error(local, e)}") from e
 
 
