@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from mayolact.postprocessing import fast_nms
+from mayolact.modeling.postprocessing import fast_nms
 from test_postprocessing import _fast_nms_dense_reference
 
 

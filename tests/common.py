@@ -36,8 +36,8 @@ def coco_mini_root():
 
 # ------------------------------------------------------------------------------ configs
 def get_config(config_file="", opts: Sequence = ()):
-    """The project's config loader (``mayolact.config.load_config``); opts may hold non-strings."""
-    from mayolact.config import load_config
+    """The project's config loader (``mayolact.config.config.load_config``); opts may hold non-strings."""
+    from mayolact.config.config import load_config
 
     return load_config(str(config_file) if config_file else "", [str(o) for o in opts])
 
@@ -51,7 +51,7 @@ def tiny_config(variant: str = "atss_maiou", size: int = 128, num_classes: int =
         size: the input side S.
         num_classes: K.
     """
-    from mayolact.config import merge_config_row
+    from mayolact.config.config import merge_config_row
 
     cfg = get_config(BASE_CONFIG)
     cfg.MODEL.DEVICE = "cpu"

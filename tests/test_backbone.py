@@ -11,15 +11,15 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import BottleneckBlock, build_resnet_backbone
 
-from mayolact.backbone.carafe import CARAFEUpsample
-from mayolact.backbone.carafe_fpn import CARAFEFPN
-from mayolact.backbone.fpn import YOLACTFPN
-from mayolact.backbone.resnet import (
+from mayolact.modeling.backbone.carafe import CARAFEUpsample
+from mayolact.modeling.backbone.carafe_fpn import CARAFEFPN
+from mayolact.modeling.backbone.fpn import YOLACTFPN
+from mayolact.modeling.backbone.resnet import (
     ModulatedDeformBottleneck,
     ModulatedDeformConv2d,
     build_mayolact_resnet,
 )
-from mayolact.config import add_mayolact_config
+from mayolact.config.config import add_mayolact_config
 
 FPN_NAMES = ["build_yolact_resnet_fpn_backbone", "build_yolact_resnet_carafe_fpn_backbone"]
 

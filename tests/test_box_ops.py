@@ -1,10 +1,10 @@
-"""Box measures of mayolact.box_ops: GIoU / DIoU by hand, IoU against Detectron2's pairwise_iou."""
+"""Box measures of mayolact.structures.box_ops: GIoU / DIoU by hand, IoU against Detectron2's pairwise_iou."""
 import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, pairwise_iou
 
-from mayolact.box_ops import (
+from mayolact.structures.box_ops import (
     batched_box_iou,
     box_inter_union,
     box_iou_numpy,

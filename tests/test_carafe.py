@@ -9,8 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from detectron2.config import get_cfg
 
-from mayolact.backbone.carafe import CARAFEUpsample, carafe
-from mayolact.config import add_mayolact_config
+from mayolact.modeling.backbone.carafe import CARAFEUpsample, carafe
+from mayolact.config.config import add_mayolact_config
 from mmcv_reference import carafe_loop
 
 

@@ -14,7 +14,7 @@ import torch
 from detectron2.modeling import build_model
 
 from common import FULL, get_config, load_tool
-from mayolact.conversion.mmdet import convert_mmdet_checkpoint
+from mayolact.checkpoint.mmdet import convert_mmdet_checkpoint
 from mmcv_reference import bottleneck_reference, carafe_pack_reference, fpn_carafe_reference
 from mmdet_layouts import mmdet_yolact_shapes, random_state_dict
 
@@ -207,7 +207,7 @@ def test_non_tensor_values_and_duplicates():
 def test_semantic_head_is_reported_when_the_config_has_none(caplog):
     src = random_state_dict(mmdet_yolact_shapes("fpn", 0, 1), seed=16)
     model = build("yolact_R_50_FPN_550_atss_iou.yaml", "MODEL.YOLACT.SEMSEG_HEAD", False)
-    with caplog.at_level(logging.INFO, logger="mayolact.conversion.mmdet"):
+    with caplog.at_level(logging.INFO, logger="mayolact.checkpoint.mmdet"):
         out = convert_mmdet_checkpoint(src, model)
     model.load_state_dict(out, strict=True)
     assert "segm_head.segm_conv.weight not used: the config has no semantic head" in caplog.text

@@ -14,7 +14,7 @@ from detectron2.data.common import MapDataset
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from fvcore.transforms.transform import HFlipTransform, NoOpTransform
 
-from mayolact.config import add_mayolact_config
+from mayolact.config.config import add_mayolact_config
 from mayolact.data.augmentation import (
     Expand,
     ExpandTransform,
@@ -648,7 +648,7 @@ def test_mapper_on_coco_mini_train(coco_mini):
 
 # ------------------------------------------------------------------------------ misc contracts
 def test_integral_images_cpu_path_is_exact():
-    from mayolact.structures import integral_images
+    from mayolact.structures.integral_image import integral_images
 
     rng = np.random.default_rng(5)
     for _ in range(30):

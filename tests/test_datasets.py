@@ -6,7 +6,7 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from mayolact.config import add_mayolact_config
+from mayolact.config.config import add_mayolact_config
 from mayolact.data.datasets import (
     apply_dataset_config,
     dataset_arguments,
@@ -71,7 +71,7 @@ def test_num_classes_zero_is_taken_from_the_training_set(tmp_path):
     name = fresh()
     cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name])
     assert apply_dataset_config(cfg).MODEL.YOLACT.NUM_CLASSES == 3
-    # An explicit value is kept (mayolact.checks compares it with the datasets).
+    # An explicit value is kept (mayolact.engine.checks compares it with the datasets).
     cfg = cfg_with([(name, str(json_file), str(tmp_path))], train=[name], num_classes=5)
     assert apply_dataset_config(cfg).MODEL.YOLACT.NUM_CLASSES == 5
     # No training set: the first test set.
@@ -145,7 +145,7 @@ def test_builtin_metadata_is_used_as_is():
 
 def test_load_config_registers_resolves_and_reports_errors_once(tmp_path):
     """The tools' loader: datasets from the command line, NUM_CLASSES from them, ConfigError."""
-    from mayolact.config import ConfigError, load_config
+    from mayolact.config.config import ConfigError, load_config
 
     json_file = write_coco(tmp_path)
     name = fresh()
@@ -192,7 +192,7 @@ def test_absent_coco_mini_still_has_cocos_classes(tmp_path, monkeypatch):
 def test_demo_names_classes_of_an_unloaded_json_and_survives_an_absent_test_set(tmp_path, caplog):
     """Drawings of a registered COCO json show its class names before it is read; a test set that
     is not on the machine costs the names (with a warning), not the drawing."""
-    from mayolact.visualization import Demo
+    from mayolact.engine.demo import Demo
 
     json_file = write_coco(tmp_path)
     name = fresh()
@@ -200,7 +200,7 @@ def test_demo_names_classes_of_an_unloaded_json_and_survives_an_absent_test_set(
     register_config_datasets(cfg)
     fake = object()  # the predictor is not needed to choose the metadata
     assert Demo(cfg, predictor=fake).metadata.thing_classes == ["solid", "hollow", "thin"]
-    with caplog.at_level("WARNING", logger="mayolact.visualization"):
+    with caplog.at_level("WARNING", logger="mayolact.engine.demo"):
         demo = Demo(cfg_with(test=["not_here"], num_classes=3), predictor=fake)
     assert "thing_classes" not in demo.metadata.as_dict()
     assert "'not_here' is not registered: the drawings show class numbers" in caplog.text

@@ -21,12 +21,12 @@ from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from mayolact.anchor_generator import anchors_for_input
-from mayolact.backbone.carafe_fpn import CARAFEFPN
-from mayolact.backbone.resnet import ModulatedDeformConv2d
+from mayolact.modeling.anchor_generator import anchors_for_input
+from mayolact.modeling.backbone.carafe_fpn import CARAFEFPN
+from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
 from mayolact.data.dataset_mapper import YOLACTDatasetMapper
 from mayolact.data.shapes import register_shapes
-from mayolact.engine import build_yolact_optimizer
+from mayolact.engine.trainer import build_yolact_optimizer
 
 from common import FULL, QUICK, get_config, load_tool
 # coco_mini_train images that test the data path: 000000000086 is grayscale (PIL mode "L"),

@@ -10,8 +10,8 @@ from detectron2.engine import default_argument_parser
 
 from common import REPO, load_tool
 from mayolact import add_mayolact_config
-from mayolact.config import ConfigError, load_config, load_rows, merge_config_row
-from mayolact.engine import (
+from mayolact.config.config import ConfigError, load_config, load_rows, merge_config_row
+from mayolact.engine.trainer import (
     EpochCosineParamScheduler,
     GlobalNormClipAdamW,
     GlobalNormClipSGD,
@@ -230,17 +230,17 @@ def test_quick_config_schedule_follows_a_max_iter_override():
 
 def test_steps_far_before_or_beyond_max_iter_warn(caplog):
     cfg = _cfg(STEPS=(3,), MAX_ITER=20)
-    with caplog.at_level("WARNING", logger="mayolact.engine"):
+    with caplog.at_level("WARNING", logger="mayolact.engine.trainer"):
         assert resolve_lr_steps(cfg) == (3,)
     assert "15% of SOLVER.MAX_ITER (20)" in caplog.text
     caplog.clear()
     cfg = _cfg(STEPS=(15, 30), MAX_ITER=20)
-    with caplog.at_level("WARNING", logger="mayolact.engine"):
+    with caplog.at_level("WARNING", logger="mayolact.engine.trainer"):
         assert resolve_lr_steps(cfg) == (15,)
     assert "steps >= SOLVER.MAX_ITER (20) are ignored" in caplog.text
     caplog.clear()
     cfg = _cfg(STEPS=(15,), MAX_ITER=20)  # a sensible schedule: silent
-    with caplog.at_level("WARNING", logger="mayolact.engine"):
+    with caplog.at_level("WARNING", logger="mayolact.engine.trainer"):
         assert resolve_lr_steps(cfg) == (15,)
     assert not caplog.text
 
@@ -256,6 +256,6 @@ def test_relative_steps_outside_0_1_name_the_key(fractions):
 def test_relative_steps_of_a_tiny_run_are_silent(caplog):
     cfg = _cfg(STEPS=(), MAX_ITER=2)
     cfg.SOLVER.YOLACT.RELATIVE_STEPS = (0.75,)  # 1.5 rounds to 2 = MAX_ITER: no step
-    with caplog.at_level("WARNING", logger="mayolact.engine"):
+    with caplog.at_level("WARNING", logger="mayolact.engine.trainer"):
         assert resolve_lr_steps(cfg) == ()
     assert not caplog.text

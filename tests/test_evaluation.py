@@ -20,7 +20,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
 
 from common import load_tool
-from mayolact.config import add_mayolact_config
+from mayolact.config.config import add_mayolact_config
 from mayolact.evaluation import (
     LRPEvaluator,
     MaYOLACTCOCOEvaluator,

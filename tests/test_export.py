@@ -1,4 +1,4 @@
-"""Export (``mayolact.export``, ``tools/export_model.py``): TorchScript and ONNX reproduce eager.
+"""Export (``mayolact.export.exporter``, ``tools/export_model.py``): TorchScript and ONNX reproduce eager.
 
 * The ONNX translations this project adds, each against PyTorch on inputs built to catch a wrong
   translation: a stable sort on heavy ties (both directions), bincount (empty input, values past
@@ -30,8 +30,8 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 import mayolact  # noqa: F401  (registers everything)
-from mayolact.backbone.carafe import CARAFEUpsample
-from mayolact.export import (
+from mayolact.modeling.backbone.carafe import CARAFEUpsample
+from mayolact.export.exporter import (
     ONNX_OPSET,
     ExportedYOLACTPredictor,
     compare_instances,
@@ -42,7 +42,7 @@ from mayolact.export import (
     sample_inputs,
     summarize_comparisons,
 )
-from mayolact.predictor import YOLACTPredictor
+from mayolact.engine.predictor import YOLACTPredictor
 
 from common import QUICK, coco_mini_root, get_config, load_tool, tiny_config
 
@@ -197,7 +197,7 @@ def test_postprocess_takes_the_traced_output_size():
     """The export feeds the output size as 0-dim tensors; the result equals the int path's."""
     from detectron2.structures import Boxes, Instances
 
-    from mayolact.postprocessing import yolact_postprocess
+    from mayolact.modeling.postprocessing import yolact_postprocess
 
     g = torch.Generator().manual_seed(0)
     boxes = torch.tensor([[4.0, 8, 40, 60], [10, 10, 64, 30], [70, 5, 90, 20]])
@@ -346,7 +346,7 @@ def test_benchmark_times_exported_models(exported, capsys):
 def test_demo_draws_with_an_exported_model(exported, coco_images, tmp_path):
     """tools/demo.py --exported draws; the Demo's instances (image read in INPUT.FORMAT) are the
     predictor's on the BGR image, for the eager and the exported predictor alike."""
-    from mayolact.visualization import Demo
+    from mayolact.engine.demo import Demo
 
     eager, paths, config = exported
     skip_onnx_without_deformconv(config)

@@ -33,13 +33,13 @@ from detectron2.utils.events import EventStorage
 
 import mayolact  # noqa: F401  (registers everything)
 from common import PYTHON, QUICK_CONFIG as QUICK, SESSION_SHAPES, get_config, load_tool, tool_env
-from mayolact.checkpoint import CheckpointError, YOLACTCheckpointer, find_checkpoints
-from mayolact.checks import PreflightError, check_output_dir, check_writable
-from mayolact.config import add_mayolact_config
+from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, find_checkpoints
+from mayolact.engine.checks import PreflightError, check_output_dir, check_writable
+from mayolact.config.config import add_mayolact_config
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.samplers import ResumableTrainingSampler
 from mayolact.evaluation import build_mayolact_evaluator, olrp_from_matches
-from mayolact.resilience import DivergenceGuard, StagedPeriodicCheckpointer, TrainingDiverged
+from mayolact.engine.hooks import DivergenceGuard, StagedPeriodicCheckpointer, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
@@ -84,7 +84,7 @@ def shapes():
 # ------------------------------------------------------------------------------ checkpoints
 KILLED_SAVE = """
 import os, sys, torch
-from mayolact.checkpoint import YOLACTCheckpointer
+from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 model = torch.nn.Linear(4, 3)
 checkpointer = YOLACTCheckpointer(model, sys.argv[1])
 checkpointer.save("model_0000001", iteration=1)
@@ -649,7 +649,7 @@ def test_demo_output_that_cannot_be_written_fails_before_any_frame(tmp_path, dem
         writer.write(np.zeros((32, 32, 3), np.uint8))
     writer.release()
     demo = load_tool("demo")
-    from mayolact.visualization import Demo
+    from mayolact.engine.demo import Demo
 
     predicted = []
     monkeypatch.setattr(Demo, "predict", lambda self, image: predicted.append(1))

@@ -19,9 +19,9 @@ from common import (BASE_CONFIG, REPO, build_tiny_model, get_config, load_tool,
                     register_tiny_shapes, run_tool, tiny_config)
 from mayolact import analysis as an
 from mayolact.analysis import figures
-from mayolact.anchor_generator import anchors_for_input
+from mayolact.modeling.anchor_generator import anchors_for_input
 from mayolact.data.shapes import generate_shapes_dicts
-from mayolact.losses import yolact_mask_loss
+from mayolact.modeling.losses import yolact_mask_loss
 
 SMALL_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]"]
 
@@ -380,7 +380,7 @@ def test_tool_anchor_disagreement(tiny_shapes, tmp_path, capsys):
 
 def test_tool_losses_by_mob_tiny_model(tiny_shapes, tiny_model, tmp_path, capsys):
     out = tmp_path / "fig2.png"
-    args = figures.build_parser(str(BASE_CONFIG)).parse_args([
+    args = load_tool("plot_figures").build_parser(str(BASE_CONFIG)).parse_args([
         "losses-by-mob", "--config-file", "x.yaml", "--dataset", tiny_shapes, "--num-images", "4",
         "--batch-size", "2", "--bins", "5", "--pos-iou", "0.4", "0.8", "--neg-iou", "0.2", "0.4",
         "--output", str(out)])

@@ -5,9 +5,9 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
-from mayolact.config import add_mayolact_config
-from mayolact.head import YOLACTHead
-from mayolact.protonet import ProtoNet, SemanticSegHead
+from mayolact.config.config import add_mayolact_config
+from mayolact.modeling.yolact_head import YOLACTHead
+from mayolact.modeling.protonet import ProtoNet, SemanticSegHead
 
 
 def _cfg(num_classes=3, ratios=(1.0,), sizes=((32,), (64,), (128,)), head_convs=1):

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from mayolact.losses import (
+from mayolact.modeling.losses import (
     ohem_selection,
     ohem_softmax_cross_entropy,
     positive_normalizer,
@@ -16,7 +16,7 @@ from mayolact.losses import (
     smooth_l1_box_loss,
     yolact_mask_loss,
 )
-from mayolact.postprocessing import box_crop_region
+from mayolact.modeling.postprocessing import box_crop_region
 
 K = 2  # foreground classes; background is label 2
 

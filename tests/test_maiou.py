@@ -5,14 +5,14 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Boxes, pairwise_iou
 
-from mayolact.maiou import (
+from mayolact.structures.maiou import (
     mask_fraction_in_boxes,
     mask_over_box,
     paired_maiou,
     pairwise_maiou,
     pairwise_maiou_bruteforce,
 )
-from mayolact.structures import integral_images
+from mayolact.structures.integral_image import integral_images
 
 
 # ----------------------------------------------------------------------------- helpers

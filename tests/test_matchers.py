@@ -8,15 +8,15 @@ from detectron2.config import get_cfg
 from detectron2.structures import Boxes
 
 from common import load_tool
-from mayolact.config import add_mayolact_config
-from mayolact.matchers import (
+from mayolact.config.config import add_mayolact_config
+from mayolact.modeling.matchers import (
     ANCHOR_MATCHER_REGISTRY,
     AnchorMatcher,
     ATSSMatcher,
     FixedIoUMatcher,
     build_anchor_matcher,
 )
-from mayolact.structures import integral_images
+from mayolact.structures.integral_image import integral_images
 
 
 # ------------------------------------------------------------------ python references
@@ -446,5 +446,5 @@ def test_benchmark_bad_arguments():
     tool = _benchmark_tool()
     with pytest.raises(SystemExit):
         tool.parse_args(["--train-iteration", "--iters", "0"])
-    with pytest.raises(SystemExit):
-        tool.parse_args(["--train-iteration", "--rows", "nope"])
+    with pytest.raises(ValueError, match="--rows \\['nope'\\]: not in"):
+        tool.main(["--train-iteration", "--rows", "nope"])

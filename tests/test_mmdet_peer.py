@@ -5,7 +5,7 @@ into ``.peer/site``, outside the project's environment; ``tests/peer/mmdet_yolac
 there in a subprocess: it builds ``yolact_r50_1xb8-55e_coco.py`` with seeded random weights and BN
 statistics, saves its checkpoint and runs mmdetection's test pipeline on a coco_mini image. Here the
 checkpoint is converted with ``tools/convert_weights.py mmdet`` into
-``yolact_R_50_FPN_550_fixediou.yaml`` and run through :class:`mayolact.predictor.YOLACTPredictor` on
+``yolact_R_50_FPN_550_fixediou.yaml`` and run through :class:`mayolact.engine.predictor.YOLACTPredictor` on
 the same image. Skips when the peer or coco_mini is absent.
 """
 import os
@@ -19,8 +19,8 @@ import torch
 from detectron2.modeling import build_model
 
 from common import FULL, REPO, coco_mini_root, get_config, run_tool
-from mayolact.checkpoint import YOLACTCheckpointer
-from mayolact.predictor import YOLACTPredictor
+from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
+from mayolact.engine.predictor import YOLACTPredictor
 
 PEER_SITE = REPO / ".peer" / "site"
 PEER_HELPERS = REPO / "tests" / "peer"

@@ -10,9 +10,9 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from common import build_tiny_model, tiny_config
-from mayolact.meta_arch import YOLACT
-from mayolact.predictor import YOLACTPredictor
-from mayolact.structures import integral_images
+from mayolact.modeling.meta_arch.yolact import YOLACT
+from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.structures.integral_image import integral_images
 
 NUM_CLASSES = 3
 

@@ -7,8 +7,8 @@ from torch.nn import functional as F
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
-from mayolact.box_ops import batched_box_iou
-from mayolact.postprocessing import (
+from mayolact.structures.box_ops import batched_box_iou
+from mayolact.modeling.postprocessing import (
     assemble_masks,
     box_crop_region,
     crop_masks,

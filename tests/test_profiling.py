@@ -3,9 +3,9 @@ import numpy as np
 import torch
 
 from common import build_tiny_model, tiny_config
-from mayolact.backbone.resnet import ModulatedDeformConv2d
-from mayolact.predictor import YOLACTPredictor
-from mayolact.profiling import (
+from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
+from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.utils.profiling import (
     STAGES,
     StageTimer,
     count_flops,
@@ -73,7 +73,7 @@ def test_deformable_conv_flops_are_counted():
             return self.dcn(x, offset, mask)
 
     from detectron2.utils.analysis import FlopCountAnalysis  # as count_flops, on a plain module
-    from mayolact.profiling import deform_conv2d_flop_jit
+    from mayolact.utils.profiling import deform_conv2d_flop_jit
 
     analysis = FlopCountAnalysis(Wrapper(), (torch.zeros(2, 8, 10, 10),))
     analysis.set_op_handle("torchvision::deform_conv2d", deform_conv2d_flop_jit)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Instances
 
-from mayolact.structures import (
+from mayolact.structures.integral_image import (
     IntegralImages,
     _integral_images_torch,
     as_integral_images,

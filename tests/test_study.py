@@ -3,11 +3,13 @@ import csv
 
 import pytest
 
-from common import load_tool, run_tool
+from common import run_tool
 
 
 def load_study():
-    return load_tool("compare_assigners")
+    import mayolact.analysis.assigner_study as study
+
+    return study
 
 
 def test_rows_come_from_the_rows_files_with_the_550_geometry():
@@ -52,7 +54,7 @@ def test_one_seed_is_reported_without_a_spread(monkeypatch):
     md = study.markdown(summary, "one seed")
     assert "±" not in md and "| fixed_iou | 1 | 0.0 | 0.0 |" in md
     drawn = {}
-    monkeypatch.setattr("mayolact.analysis.save_figure",
+    monkeypatch.setattr(study, "save_figure",
                         lambda fig, path, dpi=120: drawn.update(fig=fig))
     study.bar_chart(summary, "unused.png")
     ax = drawn["fig"].axes[0]

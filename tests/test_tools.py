@@ -1,7 +1,7 @@
 """The command-line tools on real images: two-process CPU training, the demo, and bad inputs.
 
 * ``tools/train_net.py --num-gpus 2`` on CPU (gloo, Detectron2's ``launch``) trains and writes
-  ``model_final.pth`` (the CPU-DDP workaround of ``mayolact.engine.Trainer``);
+  ``model_final.pth`` (the CPU-DDP workaround of ``mayolact.engine.trainer.Trainer``);
 * ``tools/demo.py`` draws predictions on images (coco_mini val, or shapes images without
   ``../shared``) and on a small mp4; a missing input or an unknown config key fails clearly;
 * ``train_net`` stops with an error naming the file and the field on a malformed annotation, and

@@ -24,10 +24,10 @@ from detectron2.engine import hooks
 from detectron2.modeling import build_model
 
 import mayolact  # noqa: F401
-from mayolact.backbone import ModulatedDeformBottleneck
-from mayolact.checkpoint import CheckpointError, YOLACTCheckpointer, summarize_names
-from mayolact.config import load_config
-from mayolact.conversion import torchvision_cache_path
+from mayolact.modeling.backbone import ModulatedDeformBottleneck
+from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, summarize_names
+from mayolact.config.config import load_config
+from mayolact.checkpoint.torchvision import torchvision_cache_path
 
 from conftest import coco_mini_root
 
@@ -470,7 +470,7 @@ def test_training_only_semantic_head_is_reported_unused(tmp_path, caplog):
 
 # ----------------------------------------------------------------------- 6. mmdetection wiring
 def test_mmdet_checkpoint_goes_through_the_mmdet_converter(tmp_path, monkeypatch):
-    """Detected by its 'state_dict' of mmdet names; converted by mayolact.conversion.mmdet (a
+    """Detected by its 'state_dict' of mmdet names; converted by mayolact.checkpoint.mmdet (a
     stand-in here) and then held to the full-checkpoint rules."""
     cfg, model = build(QUICK)
     target = {k: torch.randn_like(v) if v.is_floating_point() else v
@@ -483,7 +483,7 @@ def test_mmdet_checkpoint_goes_through_the_mmdet_converter(tmp_path, monkeypatch
             raise ValueError("bbox_head.bad: no place in the model")
         return dict(target)
 
-    monkeypatch.setitem(sys.modules, "mayolact.conversion.mmdet",
+    monkeypatch.setitem(sys.modules, "mayolact.checkpoint.mmdet",
                         types.SimpleNamespace(convert_mmdet_checkpoint=convert))
     path = tmp_path / "mmdet.pth"
     torch.save({"state_dict": {"backbone.conv1.weight": torch.ones(1),
@@ -534,7 +534,7 @@ def test_convert_tool_writes_a_checkpoint_that_loads_the_same(r50_file, tmp_path
 
 
 def test_trainer_loads_and_saves_through_the_yolact_checkpointer(tmp_path, monkeypatch):
-    from mayolact.engine import Trainer
+    from mayolact.engine.trainer import Trainer
 
     path, _ = _quick_checkpoint(tmp_path)
     monkeypatch.setattr(Trainer, "build_train_loader", classmethod(lambda cls, cfg: [[]]))
@@ -567,7 +567,7 @@ class _NotATensor:
 def test_file_with_python_objects_is_refused_unless_trusted(tmp_path, monkeypatch):
     """A weights-only load refuses pickled objects and names the opt-in; with
     $MAYOLACT_TRUST_PICKLE=1 the same file loads in full."""
-    from mayolact.checkpoint import TRUST_PICKLE_ENV, CheckpointError, load_weights_file
+    from mayolact.checkpoint.checkpointer import TRUST_PICKLE_ENV, CheckpointError, load_weights_file
 
     path = tmp_path / "training_state.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": _NotATensor(3)}, str(path))

@@ -27,7 +27,6 @@ import argparse
 import logging
 import sys
 
-import mayolact  # noqa: F401  (registers the model and the torchvision:// paths once Detectron2 is)
 
 # The conversion modules (torch, Detectron2) are imported where they are used: --help needs none.
 
@@ -36,9 +35,9 @@ logger = logging.getLogger("mayolact.convert_weights")
 
 def convert_torchvision(args) -> None:
     """``torchvision SRC DST``."""
-    from mayolact.checkpoint import (TORCHVISION_AUTHOR, CheckpointError, load_weights_file,
+    from mayolact.checkpoint.checkpointer import (TORCHVISION_AUTHOR, CheckpointError, load_weights_file,
                                      save_converted_checkpoint, summarize_names)
-    from mayolact.conversion import convert_torchvision_resnet, is_torchvision_resnet
+    from mayolact.checkpoint.torchvision import convert_torchvision_resnet, is_torchvision_resnet
 
     state = load_weights_file(args.src)
     if not isinstance(state, dict) or not is_torchvision_resnet(state):
@@ -56,10 +55,10 @@ def convert_torchvision(args) -> None:
 
 def convert_mmdet(args) -> None:
     """``mmdet SRC DST --config-file CFG [KEY VALUE ...]``: the checkpointer converts and checks
-    the file against the config's model (``mayolact.conversion.mmdet``), the result is saved."""
+    the file against the config's model (``mayolact.checkpoint.mmdet``), the result is saved."""
     from detectron2.modeling import build_model
 
-    from mayolact.checkpoint import (MMDET_AUTHOR, CheckpointError, YOLACTCheckpointer,
+    from mayolact.checkpoint.checkpointer import (MMDET_AUTHOR, CheckpointError, YOLACTCheckpointer,
                                      save_converted_checkpoint)
     from mayolact.config import load_config
 
@@ -93,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from mayolact.checkpoint import CheckpointError
+    from mayolact.checkpoint.checkpointer import CheckpointError
     from mayolact.config import ConfigError
-    from mayolact.logger import setup_logging
+    from mayolact.utils.logger import setup_logging
 
     setup_logging(with_detectron2=True)
     try:

@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 
-import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
 
 
 def get_parser():
@@ -45,10 +44,10 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # After parsing: --help and usage errors need none of these.
-    from mayolact.checks import PreflightError, check_datasets_registered, check_writable
+    from mayolact.engine.checks import PreflightError, check_datasets_registered, check_writable
     from mayolact.config import ConfigError, load_config
-    from mayolact.logger import setup_logging
-    from mayolact.visualization import Demo, expand_inputs
+    from mayolact.utils.logger import setup_logging
+    from mayolact.engine.demo import Demo, expand_inputs
 
     logger = setup_logging(with_detectron2=True)
     if not args.input and not args.video_input:
@@ -84,7 +83,7 @@ def main(argv=None):
         return 2
     predictor = None
     if args.exported:
-        from mayolact.export import ExportedYOLACTPredictor
+        from mayolact.export.exporter import ExportedYOLACTPredictor
 
         try:
             predictor = ExportedYOLACTPredictor(args.exported)

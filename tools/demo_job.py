@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "mayolact_shapes_demo.yaml")
@@ -35,12 +34,12 @@ def main(argv=None):
     # After parsing: --help and usage errors need none of these.
     from detectron2.data import DatasetCatalog
 
-    from mayolact.checkpoint import YOLACTCheckpointer
+    from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
     from mayolact.config import ConfigError, load_config
     from mayolact.engine import Trainer
-    from mayolact.file_io import write_json_atomic
-    from mayolact.logger import default_setup
-    from mayolact.visualization import Demo
+    from mayolact.utils.file_io import write_json_atomic
+    from mayolact.utils.logger import default_setup
+    from mayolact.engine.demo import Demo
 
     class DemoTrainer(Trainer):
         """The project's trainer without the evaluation hook: the job evaluates once, itself, so

@@ -24,7 +24,6 @@ import os
 import sys
 import tempfile
 
-import mayolact  # noqa: F401  (registers the datasets once Detectron2 is imported)
 
 # The evaluation modules (torch, Detectron2) are imported after parsing: --help needs none.
 
@@ -177,7 +176,7 @@ def evaluate(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mayolact.logger import setup_logging
+    from mayolact.utils.logger import setup_logging
 
     setup_logging(with_detectron2=True)
     try:

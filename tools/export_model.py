@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Export a YOLACT / maYOLACT model to TorchScript (tracing) and ONNX, post-processing included.
 
-The command-line shell over ``mayolact.export`` (laid out like Detectron2's
+The command-line shell over ``mayolact.export.exporter`` (laid out like Detectron2's
 ``tools/deploy/export_model.py``): the model is built from the config, its weights loaded, traced
 through Detectron2's ``TracingAdapter`` on one sample image, and written as ``model.ts`` and / or
 ``model.onnx`` in ``--output``. ``--check`` runs the written files (ONNX in onnxruntime on the CPU)
@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-#: The keys of ``mayolact.export.EXPORT_FORMATS``, spelled out so that ``--help`` imports no torch.
+#: The keys of ``mayolact.export.exporter.EXPORT_FORMATS``, spelled out so that ``--help`` imports no torch.
 FORMATS = ("onnx", "torchscript")
 
 
@@ -64,18 +64,17 @@ def main(argv=None):
 
     import torch
     from detectron2.data.detection_utils import read_image
-    import mayolact  # noqa: F401  (registers everything)
     from mayolact.config import ConfigError, load_config
-    from mayolact.export import (
+    from mayolact.export.exporter import (
         ExportedYOLACTPredictor,
         compare_instances,
         export_model,
         sample_inputs,
         summarize_comparisons,
     )
-    from mayolact.logger import setup_logging
-    from mayolact.predictor import YOLACTPredictor
-    from mayolact.visualization import expand_inputs
+    from mayolact.utils.logger import setup_logging
+    from mayolact.engine.predictor import YOLACTPredictor
+    from mayolact.engine.demo import expand_inputs
 
     logger = setup_logging(with_detectron2=True)  # Detectron2's format for every line
     try:

@@ -12,28 +12,69 @@ Examples::
     python tools/train_net.py --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
         MODEL.DEVICE cpu
 
-Before anything is built, the config is checked (``mayolact.checks.preflight``: datasets
+Before anything is built, the config is checked (``mayolact.engine.checks.preflight``: datasets
 registered, NUM_CLASSES against the datasets, OUTPUT_DIR writable and, to train, free of another
 run's checkpoints unless ``--resume`` or ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``).
 
 Exit status: 0 when done; 2 for a bad config or a failed check; 143 (SIGTERM) or 130 (SIGINT)
 when a signal stopped training after a checkpoint (continue with ``--resume``).
 """
+import argparse
 import contextlib
 import signal
 import sys
 
-import mayolact  # noqa: F401  (registers everything once Detectron2 is imported)
-from mayolact.cli import finish_training_args, training_argument_parser
+# mayolact, torch and Detectron2 are imported in the functions: --help needs none of them.
 
-# The heavy imports (torch, Detectron2) are in the functions: --help needs none of them.
+
+def training_argument_parser(description: str = "", epilog: str = "") -> argparse.ArgumentParser:
+    """The options of Detectron2's ``default_argument_parser``, with help for each.
+
+    Args:
+        description: the tool's one-line description.
+        epilog: examples shown after the options.
+
+    Returns:
+        argparse.ArgumentParser: parse with it, then call :func:`finish_training_args`.
+    """
+    p = argparse.ArgumentParser(description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT_DIR from its last checkpoint "
+                        "(Detectron2's DefaultTrainer.resume_or_load)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate MODEL.WEIGHTS on DATASETS.TEST, no training")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="processes per machine (GPUs; on a CPU machine, CPU processes over gloo)")
+    p.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    p.add_argument("--machine-rank", type=int, default=0,
+                   help="the rank of this machine (unique per machine)")
+    p.add_argument("--dist-url", default=None,
+                   help="initialisation URL of torch.distributed (default: Detectron2's, a local "
+                        "port derived from the user id)")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                   help="config overrides at the end of the command: KEY VALUE pairs, e.g. "
+                        "SOLVER.MAX_ITER 100 MODEL.DEVICE cpu")
+    return p
+
+
+def finish_training_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in what :func:`training_argument_parser` leaves open: Detectron2's ``--dist-url``
+    default (imports Detectron2)."""
+    if args.dist_url is None:
+        from detectron2.engine import default_argument_parser
+
+        args.dist_url = default_argument_parser().get_default("dist_url")
+    return args
+
 
 
 def setup(args):
     """Create the config from ``args`` and run Detectron2's default setup (logging, output dir)
     with the project's loggers (checkpoints, stops, checks, the oLRP tables) in the same log."""
     from mayolact.config import load_config
-    from mayolact.logger import default_setup
+    from mayolact.utils.logger import default_setup
 
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
@@ -71,9 +112,9 @@ def cli(argv=None):
     from detectron2.engine import launch
     from torch.multiprocessing import ProcessExitedException
 
-    from mayolact.checks import PreflightError, preflight
     from mayolact.config import ConfigError, load_config
-    from mayolact.resilience import STOP_SIGNALS, forward_signals_to_workers
+    from mayolact.engine.checks import PreflightError, preflight
+    from mayolact.engine.hooks import STOP_SIGNALS, forward_signals_to_workers
 
     args = finish_training_args(args)
     print("Command Line Args:", args)

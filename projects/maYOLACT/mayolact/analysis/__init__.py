@@ -3,9 +3,9 @@
 * :mod:`~mayolact.analysis.inputs`: dataset dicts; ground truths and model inputs through YOLACT's
   dataset mapper (random augmentations off);
 * :mod:`~mayolact.analysis.overlaps`: Figures 1 and 3 (MOB ratios, IoU vs maIoU, disagreements)
-  on the config's anchors (:func:`mayolact.anchor_generator.anchors_for_input`);
+  on the config's anchors (:func:`mayolact.modeling.anchor_generator.anchors_for_input`);
 * :mod:`~mayolact.analysis.losses`: Figure 2, the model's own per-anchor training losses
-  (:meth:`mayolact.meta_arch.YOLACT.per_anchor_losses`) binned by MOB ratio;
+  (:meth:`mayolact.modeling.meta_arch.yolact.YOLACT.per_anchor_losses`) binned by MOB ratio;
 * :mod:`~mayolact.analysis.plots`: matplotlib drawing and atomic :func:`save_figure`;
 * :mod:`~mayolact.analysis.figures`: the sub-commands of ``tools/plot_figures.py``.
 """

@@ -8,13 +8,12 @@ Each sub-command computes the numbers (:mod:`mayolact.analysis.overlaps`,
 * ``anchor-disagreement`` (Figure 1): anchors on which IoU and maIoU disagree most;
 * ``losses-by-mob`` (Figure 2): a trained model's per-anchor losses by the anchors' MOB ratio.
 
-The parser (:func:`build_parser`) needs neither torch nor Detectron2, so a tool's ``--help``
-answers at once; the figures import what they compute with when they run.
+The options of each sub-command are the tool's.
 """
 import argparse
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -22,9 +21,6 @@ from mayolact.analysis import plots
 
 __all__ = [
     "FIGURES",
-    "add_figure_arguments",
-    "build_parser",
-    "run",
     "run_figure",
     "build_trained_model",
     "draw_example",
@@ -35,31 +31,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def add_figure_arguments(parser: argparse.ArgumentParser, *, dataset: Optional[List[str]],
-                         output: str, num_images: Optional[int], config_file: Optional[str],
-                         config_help: str = "config with the anchors and the input size") -> None:
-    """The options every figure shares: ``--dataset``, ``--num-images``, ``--output`` and, with a
-    ``config_file`` default ("" = required), ``--config-file``, ``--size`` and config overrides."""
-    parser.add_argument("--dataset", nargs="+", default=dataset,
-                        help="registered dataset name(s) or COCO-format json file(s)" + (
-                            "" if dataset else " (default: the config's DATASETS.TEST[0])"))
-    parser.add_argument("--image-root", default=None,
-                        help="folder of the images of a json given to --dataset (default: the "
-                             "json's folder)")
-    parser.add_argument("--num-images", type=int, default=num_images,
-                        help="use the first N images of each dataset")
-    parser.add_argument("--output", default=output, help="PNG path")
-    if config_file is not None:
-        parser.add_argument("--config-file", default=config_file or None,
-                            required=not config_file, help=config_help)
-        parser.add_argument("--size", type=int, default=None,
-                            help="input size S (default: the config's INPUT.YOLACT.SIZE)")
-        parser.add_argument("opts", nargs=argparse.REMAINDER,
-                            help="config overrides as KEY VALUE pairs")
-
-
 def _config(args):
-    from mayolact.config import load_config
+    from mayolact.config.config import load_config
 
     cfg = load_config(args.config_file, args.opts)
     if args.size:
@@ -68,15 +41,6 @@ def _config(args):
 
 
 # ---------------------------------------------------------------------------- Figure 3a
-def _mob_histogram_arguments(p, default_config):
-    add_figure_arguments(p, dataset=["coco_mini_train", "mayolact_shapes_train"],
-                         output="output/figures/mob_histogram.png", num_images=None,
-                         config_file=None)
-    p.add_argument("--size", type=int, default=None,
-                   help="squash the GTs to SIZE x SIZE first, as the network sees them")
-    p.add_argument("--bins", type=int, default=10, help="histogram bins over [0, 1]")
-
-
 def _mob_histogram(args) -> Dict[str, np.ndarray]:
     from mayolact.analysis.overlaps import gt_mob_ratios
 
@@ -102,14 +66,6 @@ def _mob_histogram(args) -> Dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- Figure 3c
-def _iou_vs_maiou_arguments(p, default_config):
-    add_figure_arguments(p, dataset=["coco_mini_val"], output="output/figures/iou_vs_maiou.png",
-                         num_images=None, config_file=default_config)
-    p.add_argument("--bins", type=int, default=50, help="bins per axis")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="threshold used to count disagreements (IoU < t <= maIoU and vice versa)")
-
-
 def _iou_vs_maiou(args) -> Dict[str, np.ndarray]:
     from mayolact.analysis.overlaps import iou_maiou_pairs
 
@@ -141,15 +97,6 @@ def _iou_vs_maiou(args) -> Dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- Figure 1
-def _anchor_disagreement_arguments(p, default_config):
-    add_figure_arguments(p, dataset=["coco_mini_val"],
-                         output="output/figures/anchor_disagreement.png", num_images=50,
-                         config_file=default_config)
-    p.add_argument("--num-show", type=int, default=3, help="examples shown per direction")
-    p.add_argument("--iou-threshold", type=float, default=0.5,
-                   help="left column: IoU < t; right column: IoU >= t (negative: no condition)")
-
-
 def draw_example(example: Dict, metadata) -> np.ndarray:
     """The network's input of an example with its GT (mask and box), the anchor and the two
     scores, as an RGB array (enlarged to about 400 px)."""
@@ -202,23 +149,11 @@ def _anchor_disagreement(args) -> Dict[str, List[Dict]]:
 
 
 # ----------------------------------------------------------------------------- Figure 2
-def _losses_by_mob_arguments(p, default_config):
-    add_figure_arguments(p, dataset=None, output="output/figures/losses_by_mob.png",
-                         num_images=100, config_file="",
-                         config_help="the trained model's config (MODEL.WEIGHTS: its weights)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    p.add_argument("--bins", type=int, default=10, help="MOB bins over [0, 1]")
-    p.add_argument("--pos-iou", type=float, nargs=2, default=(0.5, 0.7),
-                   help="positives: best IoU in [a, b]")
-    p.add_argument("--neg-iou", type=float, nargs=2, default=(0.3, 0.5),
-                   help="negatives: best IoU in [a, b)")
-
-
 def build_trained_model(cfg):
     """``build_model(cfg)`` in eval mode with ``cfg.MODEL.WEIGHTS`` loaded (if set)."""
     from detectron2.modeling import build_model
 
-    from mayolact.checkpoint import YOLACTCheckpointer
+    from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
@@ -274,27 +209,13 @@ def _losses_by_mob(args) -> Dict:
     return losses_by_mob_figure(build_trained_model(cfg), cfg, args)
 
 
-#: name -> (help, add_arguments(parser, default_config), run(args)).
-FIGURES: Dict[str, tuple] = {
-    "mob-histogram": ("Figure 3a: MOB ratios |M| / |B| of the ground truths",
-                      _mob_histogram_arguments, _mob_histogram),
-    "iou-vs-maiou": ("Figure 3c: IoU vs maIoU of every (GT, anchor) pair with IoU > 0",
-                     _iou_vs_maiou_arguments, _iou_vs_maiou),
-    "anchor-disagreement": ("Figure 1: the anchors on which IoU and maIoU disagree most",
-                            _anchor_disagreement_arguments, _anchor_disagreement),
-    "losses-by-mob": ("Figure 2: a trained model's per-anchor losses by the anchors' MOB ratio",
-                      _losses_by_mob_arguments, _losses_by_mob),
+#: name -> run(args): the sub-commands of ``tools/plot_figures.py`` (which holds their options).
+FIGURES = {
+    "mob-histogram": _mob_histogram,
+    "iou-vs-maiou": _iou_vs_maiou,
+    "anchor-disagreement": _anchor_disagreement,
+    "losses-by-mob": _losses_by_mob,
 }
-
-
-def build_parser(default_config: str, description: str = "") -> argparse.ArgumentParser:
-    """One sub-command per figure of :data:`FIGURES`; ``default_config`` gives the anchors of the
-    figures without a model (e.g. ``configs/COCO-InstanceSegmentation/Base-YOLACT.yaml``)."""
-    parser = argparse.ArgumentParser(description=description)
-    sub = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
-    for name, (text, add_arguments, _) in FIGURES.items():
-        add_arguments(sub.add_parser(name, help=text, description=text), default_config)
-    return parser
 
 
 def run_figure(args: argparse.Namespace):
@@ -303,10 +224,4 @@ def run_figure(args: argparse.Namespace):
 
     if args.dataset:
         args.dataset = dataset_arguments(args.dataset, args.image_root)
-    return FIGURES[args.figure][2](args)
-
-
-def run(argv: Optional[List[str]], default_config: str, description: str = ""):
-    """Parse ``argv`` and run the chosen figure; returns its numbers."""
-    return run_figure(build_parser(default_config, description).parse_args(argv))
-
+    return FIGURES[args.figure](args)

@@ -1,9 +1,9 @@
 """Figure 2 of the paper: the training losses of anchors with similar IoUs, by their MOB ratio.
 
-The losses are the model's own: :meth:`mayolact.meta_arch.YOLACT.per_anchor_losses` runs the
+The losses are the model's own: :meth:`mayolact.modeling.meta_arch.yolact.YOLACT.per_anchor_losses` runs the
 training forward and loss functions without reduction; only the labelling differs. The figure
 labels each anchor by the IoU of its best GT (:func:`iou_band_matcher`, a
-:class:`~mayolact.matchers.FixedIoUMatcher` with the figure's bands), so that anchors of one IoU
+:class:`~mayolact.modeling.matchers.FixedIoUMatcher` with the figure's bands), so that anchors of one IoU
 band can be compared; passing the model's own matcher gives the anchors training uses.
 
 Shape shorthand: N: images of a batch; R: anchors of one image (all levels).
@@ -15,8 +15,8 @@ import torch
 
 from detectron2.structures import Boxes, pairwise_iou
 
-from mayolact.maiou import mask_fraction_in_boxes
-from mayolact.matchers import FixedIoUMatcher
+from mayolact.structures.maiou import mask_fraction_in_boxes
+from mayolact.modeling.matchers import FixedIoUMatcher
 
 __all__ = ["iou_band_matcher", "per_anchor_losses", "losses_by_mob", "bin_statistics"]
 
@@ -53,14 +53,14 @@ def per_anchor_losses(model, batched_inputs: List[Dict],
                       anchor_matcher=None) -> Dict[str, np.ndarray]:
     """Per-anchor training losses of a YOLACT model on one batch (unweighted, unnormalised).
 
-    Losses per anchor (:meth:`~mayolact.meta_arch.YOLACT.per_anchor_losses`):
+    Losses per anchor (:meth:`~mayolact.modeling.meta_arch.yolact.YOLACT.per_anchor_losses`):
 
     * ``cls``: softmax cross entropy of the K+1 logits (target: the GT's class, or background);
     * ``box`` (positives): SmoothL1 of the predicted vs the encoded GT deltas, summed over the 4;
     * ``mask`` (positives): YOLACT's mask loss of that anchor alone, weight 1.
 
     Args:
-        model: a :class:`~mayolact.meta_arch.YOLACT` (its mode is left as it is; use eval mode).
+        model: a :class:`~mayolact.modeling.meta_arch.yolact.YOLACT` (its mode is left as it is; use eval mode).
         batched_inputs: N training inputs (``image``, ``instances``), e.g. of
             :func:`~mayolact.analysis.inputs.mapped_batches`.
         pos_iou, neg_iou: the IoU bands of :func:`iou_band_matcher`.

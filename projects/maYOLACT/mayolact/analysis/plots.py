@@ -3,7 +3,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from mayolact.file_io import atomic_path
+from mayolact.utils.file_io import atomic_path
 
 __all__ = [
     "save_figure",
@@ -36,7 +36,7 @@ def save_figure(fig, path: str, dpi: int = 120, tight: bool = True) -> str:
     """Lay out (``tight_layout``), write a matplotlib figure atomically and close it.
 
     The folder is created if needed and a crash never leaves a half-written image
-    (:func:`mayolact.file_io.atomic_path`). The figure is closed whether or not writing succeeded.
+    (:func:`mayolact.utils.file_io.atomic_path`). The figure is closed whether or not writing succeeded.
 
     Args:
         fig: a ``matplotlib.figure.Figure``.

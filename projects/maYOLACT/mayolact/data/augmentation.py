@@ -53,7 +53,7 @@ from fvcore.transforms.transform import (
     VFlipTransform,
 )
 
-from mayolact.box_ops import box_iou_numpy
+from mayolact.structures.box_ops import box_iou_numpy
 
 __all__ = [
     "filter_small_gts",

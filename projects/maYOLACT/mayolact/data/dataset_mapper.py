@@ -16,7 +16,7 @@ Training, per image:
 6. drop GTs whose mask became empty (see below) and emit ``Instances`` of size (S, S) with
    ``gt_boxes`` (the transformed annotation boxes, not recomputed from the masks), ``gt_classes``,
    ``gt_masks`` (``BitMasks``, bool) and, when ``INPUT.YOLACT.INTEGRAL_IMAGES``,
-   ``gt_integral_images`` (:func:`mayolact.structures.integral_images` of the final masks).
+   ``gt_integral_images`` (:func:`mayolact.structures.integral_image.integral_images` of the final masks).
 
 Empty masks: the official code keeps GTs whose mask vanished (under the nearest down-scaling or
 the crop); maIoU then gives them no positive anchors (docs/official_implementation.md §6.4,
@@ -52,7 +52,7 @@ from mayolact.data.augmentation import (
     filter_small_gts,
 )
 from mayolact.data.datasets import resolve_num_classes
-from mayolact.structures import integral_images
+from mayolact.structures.integral_image import integral_images
 
 __all__ = [
     "YOLACTDatasetMapper",

@@ -293,7 +293,7 @@ def apply_dataset_config(cfg):
     3. ``MODEL.YOLACT.NUM_CLASSES`` 0 becomes the training set's class count
        (:func:`resolve_num_classes`), when that set is registered; otherwise it stays 0 and the
        model, when built, says what is missing. (A value that disagrees with the datasets is
-       found by :func:`mayolact.checks.check_num_classes`.)
+       found by :func:`mayolact.engine.checks.check_num_classes`.)
 
     Returns:
         cfg.

@@ -65,7 +65,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.structures import BoxMode
 
-from mayolact.file_io import atomic_open, write_json_atomic
+from mayolact.utils.file_io import atomic_open, write_json_atomic
 
 __all__ = [
     "SHAPES_CLASSES",

@@ -33,7 +33,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils.file_io import PathManager
 
-from mayolact.file_io import write_json_atomic  # re-exported: the evaluators write through it
+from mayolact.utils.file_io import write_json_atomic  # re-exported: the evaluators write through it
 
 __all__ = [
     "COCO_BACKENDS",

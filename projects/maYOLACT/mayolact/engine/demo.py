@@ -1,0 +1,183 @@
+"""Drawing predictions: the predictor and Detectron2's ``Visualizer`` behind ``tools/demo.py`` and
+``tools/demo_job.py``."""
+import collections
+import glob
+import logging
+import os
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import tqdm
+
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from mayolact.utils.file_io import atomic_path, write_image_atomic
+from mayolact.data.datasets import dataset_metadata
+from mayolact.engine.predictor import YOLACTPredictor
+
+__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_inputs(inputs: Sequence[str]) -> List[str]:
+    """Files from paths, folders (sorted, images only) and glob patterns.
+
+    Raises:
+        FileNotFoundError: naming the input that gave no file.
+    """
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(f for f in glob.glob(os.path.join(item, "*"))
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"{item}: folder contains no images")
+            files.extend(found)
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            found = sorted(glob.glob(os.path.expanduser(item)))
+            if not found:
+                raise FileNotFoundError(f"{item}: no such file, folder or pattern")
+            files.extend(found)
+    return files
+
+
+def read_image_file(path: str, image_format: str) -> np.ndarray:
+    """Detectron2's ``read_image``, with every way a file can fail to decode (missing, not an
+    image, truncated) reported as an ``OSError`` that names it.
+
+    Returns:
+        ndarray: (H, W, 3) uint8 in ``image_format``.
+    """
+    try:
+        return read_image(path, format=image_format)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for broken files
+        raise OSError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from e
+
+
+class Demo:
+    """Predictor + Visualizer. ``draw(image)`` takes an image in the config's ``INPUT.FORMAT``.
+
+    Args:
+        cfg: the model's config (``MODEL.WEIGHTS`` loaded by the predictor).
+        metadata_name: dataset whose class names are drawn (default: the config's first test set,
+            else its first training set).
+        confidence_threshold: instances scoring below it are not drawn.
+        predictor: what predicts (BGR image -> ``{"instances": Instances}``), e.g. an
+            ``mayolact.export.exporter.ExportedYOLACTPredictor``; default: ``YOLACTPredictor(cfg)``.
+    """
+
+    def __init__(self, cfg, metadata_name: Optional[str] = None,
+                 confidence_threshold: float = 0.3, predictor=None):
+        names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
+        name = metadata_name or (names[0] if names else None)
+        # A registered COCO json knows its class names only once loaded: read them now, so that
+        # drawings show names, not class numbers.
+        self.metadata = MetadataCatalog.get("__unused")
+        if name:
+            try:
+                self.metadata = dataset_metadata(name)
+            except KeyError as e:  # the test set is not on this machine: numbers, not a crash
+                logger.warning("%s: the drawings show class numbers", e.args[0])
+        self.predictor = YOLACTPredictor(cfg) if predictor is None else predictor
+        self.input_format = cfg.INPUT.FORMAT
+        self.threshold = confidence_threshold
+
+    def predict(self, image: np.ndarray):
+        """``Instances`` on the CPU with score >= the threshold; image (H, W, 3) uint8 in
+        ``INPUT.FORMAT``."""
+        # The predictors take BGR (as cv2.imread gives), like Detectron2's DefaultPredictor.
+        bgr = image if self.input_format == "BGR" else np.ascontiguousarray(image[:, :, ::-1])
+        instances = self.predictor(bgr)["instances"].to("cpu")
+        return instances[instances.scores >= self.threshold]
+
+    def draw(self, image: np.ndarray) -> Tuple[object, np.ndarray]:
+        """Returns (instances, drawing as an RGB uint8 (H, W, 3) array)."""
+        instances = self.predict(image)
+        rgb = image if self.input_format == "RGB" else image[:, :, ::-1]
+        vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
+        return instances, vis.draw_instance_predictions(instances).get_image()
+
+    def describe(self, instances) -> str:
+        """The classes of ``instances`` by name and count, most frequent first ("disc 3, bar 1")."""
+        classes = self.metadata.get("thing_classes", None) or []
+        counts = collections.Counter(
+            classes[c] if c < len(classes) else str(c) for c in instances.pred_classes.tolist())
+        return ", ".join(f"{name} {n}" for name, n in counts.most_common())
+
+    def draw_files(self, files: Sequence[str], output: str) -> List[str]:
+        """Draw each image file into ``output`` under its own name, so in its own format (a JPEG
+        stays a JPEG; PNG for an extension OpenCV cannot write); a file that cannot be read is
+        reported (logged with its name) and skipped, the others are drawn.
+
+        Returns:
+            list[str]: one message per skipped file, naming it and the reason.
+        """
+        failed = []
+        for path in tqdm.tqdm(files, disable=len(files) < 2):
+            try:
+                image = read_image_file(path, self.input_format)
+            except OSError as e:
+                logger.error("%s; skipped", e)
+                failed.append(str(e))
+                continue
+            start = time.perf_counter()
+            instances, drawing = self.draw(image)
+            logger.info("%s: %d instances in %.2fs (%s)", path, len(instances),
+                        time.perf_counter() - start, self.describe(instances) or "none")
+            out = os.path.join(output, os.path.basename(path))
+            if not cv2.haveImageWriter(out):
+                out = os.path.splitext(out)[0] + ".png"
+            write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
+        return failed
+
+    def run_video(self, path: str, output: str) -> str:
+        """Draw every frame of the video ``path`` into an mp4 ``output`` (a file or a folder).
+
+        Returns:
+            str: the video written (atomically: a failure leaves no partial file).
+
+        Raises:
+            FileNotFoundError: naming ``path`` when it cannot be opened.
+            OSError: naming ``output`` when no video writer can be opened there.
+        """
+        video = cv2.VideoCapture(path)
+        if not video.isOpened():
+            raise FileNotFoundError(f"{path}: cannot open the video")
+        width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+        frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+        if os.path.isdir(output):
+            output = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
+        visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
+        with atomic_path(output) as tmp:
+            writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            if not writer.isOpened():  # before any frame is processed, not after the last
+                video.release()
+                raise OSError(
+                    f"{output}: cannot open a video writer (mp4v) there; check the folder can be "
+                    "written and the name ends in .mp4"
+                )
+            try:
+                for _ in tqdm.tqdm(range(frames), desc=os.path.basename(path)):
+                    ok, frame_bgr = video.read()
+                    if not ok:
+                        break
+                    frame = frame_bgr if self.input_format == "BGR" else frame_bgr[:, :, ::-1]
+                    instances = self.predict(np.ascontiguousarray(frame))
+                    drawn = visualizer.draw_instance_predictions(frame_bgr[:, :, ::-1], instances)
+                    writer.write(cv2.cvtColor(drawn.get_image(), cv2.COLOR_RGB2BGR))
+            finally:
+                video.release()
+                writer.release()
+        return output

@@ -1,0 +1,1 @@
+"""Logging, atomic file writes and per-stage profiling, used across the package."""
