@@ -5,6 +5,7 @@ from .config import (
     load_config,
     load_rows,
     merge_config_row,
+    resolved_num_classes,
 )
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "load_config",
     "load_rows",
     "merge_config_row",
+    "resolved_num_classes",
 ]

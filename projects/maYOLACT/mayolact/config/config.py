@@ -11,6 +11,7 @@ __all__ = [
     "load_config",
     "load_rows",
     "merge_config_row",
+    "resolved_num_classes",
 ]
 
 
@@ -131,6 +132,33 @@ def add_mayolact_config(cfg):
     t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
     t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float rounding)
+
+
+def resolved_num_classes(cfg) -> int:
+    """``MODEL.YOLACT.NUM_CLASSES`` of a config whose class count is resolved.
+
+    The value 0 ("the training set's") is resolved once, when the config is loaded
+    (:func:`load_config`, through :func:`mayolact.data.datasets.apply_dataset_config`); every part
+    that needs the class count (model, mapper, trainer, checks) reads it through this function.
+
+    Raises:
+        ValueError: the value is still 0 (the dataset was not registered when the config was
+            loaded, or the config did not go through :func:`load_config`), or negative.
+    """
+    n = cfg.MODEL.YOLACT.NUM_CLASSES
+    if n > 0:
+        return n
+    if n < 0:
+        raise ValueError(
+            f"MODEL.YOLACT.NUM_CLASSES must be >= 1, or 0 for the training set's, got {n}")
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    raise ValueError(
+        "MODEL.YOLACT.NUM_CLASSES is 0 (take it from the training set) but was not resolved: "
+        + (f"dataset {names[0]!r} was not registered when the config was loaded"
+           if names else "DATASETS.TRAIN and DATASETS.TEST are empty")
+        + ". Load the config with mayolact.config.load_config (or call "
+        "mayolact.data.datasets.apply_dataset_config(cfg)) after registering the dataset, or set "
+        "MODEL.YOLACT.NUM_CLASSES to the number of foreground classes")
 
 
 class ConfigError(ValueError):

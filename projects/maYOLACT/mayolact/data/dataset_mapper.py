@@ -51,7 +51,7 @@ from mayolact.data.augmentation import (
     build_yolact_train_augmentation,
     filter_small_gts,
 )
-from mayolact.data.datasets import resolve_num_classes
+from mayolact.config.config import resolved_num_classes
 from mayolact.structures.integral_image import integral_images
 
 __all__ = [
@@ -356,7 +356,7 @@ class YOLACTDatasetMapper:
             "is_train": is_train,
             "augmentations": augs,
             "image_format": cfg.INPUT.FORMAT,
-            "num_classes": resolve_num_classes(cfg),
+            "num_classes": resolved_num_classes(cfg),
             "min_gt_size": cfg.INPUT.YOLACT.MIN_GT_SIZE,
             "integral_images": cfg.INPUT.YOLACT.INTEGRAL_IMAGES,
             "max_resample": cfg.INPUT.YOLACT.MAX_RESAMPLE,

@@ -15,7 +15,8 @@ from typing import Iterable
 from detectron2.data import DatasetCatalog
 
 from mayolact.checkpoint.checkpointer import find_checkpoints
-from mayolact.data.datasets import dataset_classes, resolve_num_classes
+from mayolact.config.config import resolved_num_classes
+from mayolact.data.datasets import dataset_classes
 
 __all__ = [
     "PreflightError",
@@ -69,7 +70,7 @@ def check_num_classes(cfg, key: str, names: Iterable[str]) -> None:
     if not names:
         return
     try:
-        expected = resolve_num_classes(cfg)
+        expected = resolved_num_classes(cfg)
         lists = [(name, dataset_classes(name)) for name in names]
     except ValueError as e:
         raise PreflightError(str(e)) from e

@@ -37,6 +37,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
+from mayolact.config.config import resolved_num_classes
 from mayolact.engine.checks import check_num_classes, check_output_dir
 from mayolact.engine.hooks import (
     DataStreamPosition,
@@ -355,7 +356,6 @@ class Trainer(DefaultTrainer):
         :class:`~mayolact.data.samplers.ResumableTrainingSampler`. Checks the training sets
         first: their class count and that some image has a GT the mapper keeps."""
         from mayolact.data.dataset_mapper import YOLACTDatasetMapper, check_trainable
-        from mayolact.data.datasets import resolve_num_classes
         from mayolact.data.samplers import ResumableTrainingSampler
 
         names = cfg.DATASETS.TRAIN
@@ -363,7 +363,7 @@ class Trainer(DefaultTrainer):
             names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         check_num_classes(cfg, "DATASETS.TRAIN", names)
-        check_trainable(dicts, names, cfg.INPUT.YOLACT.MIN_GT_SIZE, resolve_num_classes(cfg))
+        check_trainable(dicts, names, cfg.INPUT.YOLACT.MIN_GT_SIZE, resolved_num_classes(cfg))
         sampler = None  # Detectron2 builds the other DATALOADER.SAMPLER_TRAIN
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dicts))

@@ -31,7 +31,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from mayolact.data.datasets import resolve_num_classes
+from mayolact.config.config import resolved_num_classes
 from mayolact.modeling.yolact_head import YOLACTHead
 from mayolact.modeling.losses import (
     ohem_selection,
@@ -162,10 +162,7 @@ class YOLACT(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        if cfg.MODEL.YOLACT.NUM_CLASSES <= 0:  # 0: the training set's classes, for every part
-            cfg = cfg.clone()
-            cfg.defrost()
-            cfg.MODEL.YOLACT.NUM_CLASSES = resolve_num_classes(cfg)
+        resolved_num_classes(cfg)  # 0 ("the training set's") must be resolved by load_config
         y = cfg.MODEL.YOLACT
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
