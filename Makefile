@@ -5,16 +5,20 @@ export PYTHON
 # The tests and the demo are CPU work; keep BLAS from oversubscribing the 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test test-fast demo figures benchmarks clean
+.PHONY: install lint test test-fast demo figures benchmarks clean
 
 install:
 	@bash scripts/install.sh
 
 # The mmdetection peer (tests/test_mmdet_peer.py) goes to .peer/site, outside the venv; when it
 # cannot be installed the peer tests skip and the rest still runs.
-test: install
+test: install lint
 	@bash scripts/install_peer.sh || echo "[install_peer] not installed: the mmdetection peer tests will skip"
 	$(PYTHON) -m pytest -q tests
+
+# ruff.toml: pycodestyle, pyflakes and import order, lines of at most 100 characters.
+lint: install
+	$(PYTHON) -m ruff check .
 
 # The unit tests only: everything but the end-to-end runs marked slow (see CONTRIBUTING.md).
 test-fast: install

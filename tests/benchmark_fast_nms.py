@@ -22,9 +22,9 @@ import statistics
 import time
 
 import torch
+from test_postprocessing import _fast_nms_dense_reference
 
 from mayolact.modeling.postprocessing import fast_nms
-from test_postprocessing import _fast_nms_dense_reference
 
 
 def coco_like_candidates(seed: int, background: float = 6.5, n: int = 1000, num_classes: int = 80,

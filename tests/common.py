@@ -36,7 +36,8 @@ def coco_mini_root():
 
 # ------------------------------------------------------------------------------ configs
 def get_config(config_file="", opts: Sequence = ()):
-    """The project's config loader (``mayolact.config.config.load_config``); opts may hold non-strings."""
+    """The project's config loader (``mayolact.config.config.load_config``); opts may hold
+    non-strings."""
     from mayolact.config.config import load_config
 
     return load_config(str(config_file) if config_file else "", [str(o) for o in opts])

@@ -92,8 +92,8 @@ def modulated_deform_conv_loop(x, offset, mask, weight, bias=None, stride=1, pad
     ``weight.view(C_out, C_in * kh * kw) @ columns``.
 
     Offsets are read as the kernel does: for deformable group g and kernel point (i, j) at output
-    (h, w), ``offset[g * 2*kh*kw + 2*(i*kw + j)]`` is the y offset and the next channel the x offset;
-    ``mask[g * kh*kw + i*kw + j]`` the modulation.
+    (h, w), ``offset[g * 2*kh*kw + 2*(i*kw + j)]`` is the y offset and the next channel the x
+    offset; ``mask[g * kh*kw + i*kw + j]`` the modulation.
 
     Args:
         x (Tensor): (N, C_in, H, W).
@@ -165,7 +165,8 @@ def bottleneck_reference(x, params, prefix, stride, deformable_groups=None):
     ``params`` under ``prefix`` (e.g. "backbone.layer2.0."); the 3x3 conv is a DCNv2 pack when
     ``deformable_groups`` is given."""
     x = x.double()
-    out = F.relu(_bn(F.conv2d(x, params[prefix + "conv1.weight"].double()), params, prefix + "bn1."))
+    out = F.relu(_bn(F.conv2d(x, params[prefix + "conv1.weight"].double()), params,
+                     prefix + "bn1."))
     if deformable_groups:
         out = dcn_pack_reference(out, params, prefix + "conv2.", stride=stride,
                                  deformable_groups=deformable_groups)

@@ -1,11 +1,12 @@
-"""Test helper: the names and shapes of mmdetection YOLACT checkpoints, written from the official code.
+"""Test helper: the names and shapes of mmdetection YOLACT checkpoints, written from the official
+code.
 
 :func:`mmdet_yolact_shapes` lists every tensor of the state dict that mmdetection saves for a
 YOLACT / maYOLACT model, in the module order of the official classes, without using maYOLACT's
 model (so a conversion test against it is not circular):
 
-* ``mmdet/models/backbones/resnet.py`` ``ResNet(depth=50 or 101, style='pytorch')``: ``conv1``, ``bn1``,
-  ``layer{1-4}.{j}.conv{1-3}`` / ``bn{1-3}`` / ``downsample.{0,1}``; with
+* ``mmdet/models/backbones/resnet.py`` ``ResNet(depth=50 or 101, style='pytorch')``: ``conv1``,
+  ``bn1``, ``layer{1-4}.{j}.conv{1-3}`` / ``bn{1-3}`` / ``downsample.{0,1}``; with
   ``dcn=dict(type='DCNv2', deformable_groups=G)`` a stage's ``conv2`` is a
   ``ModulatedDeformConvPack`` without bias, whose ``conv_offset`` has ``G * 3 * 9`` outputs;
 * ``mmdet/models/necks/fpn.py`` ``FPN(start_level=1, add_extra_convs='on_input', num_outs=5)``:

@@ -8,8 +8,8 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 
-from mayolact.modeling.anchor_generator import YOLACTAnchorGenerator
 from mayolact.config.config import add_mayolact_config
+from mayolact.modeling.anchor_generator import YOLACTAnchorGenerator
 
 # P3..P7 feature sizes of a square input (docs/official_implementation.md §3, "Backbone").
 FEATURE_SIZES = {400: (50, 25, 13, 7, 4), 550: (69, 35, 18, 9, 5), 700: (88, 44, 22, 11, 6)}
@@ -130,9 +130,10 @@ def test_cuda():
 def test_feature_sizes_and_anchors_for_input():
     """The one feature-size formula against the hand-computed sides, and the anchors a config
     gives an input without a model: ATSS (1 or 2 per location) and the fixed-IoU row."""
-    from common import BASE_CONFIG, CONFIGS, get_config
-    from mayolact.modeling.anchor_generator import anchors_for_input, feature_level, feature_sizes
     from mayolact.config.config import merge_config_row
+    from mayolact.modeling.anchor_generator import anchors_for_input, feature_level, feature_sizes
+
+    from common import BASE_CONFIG, CONFIGS, get_config
 
     for size, sides in FEATURE_SIZES.items():
         assert feature_sizes(size) == list(sides)

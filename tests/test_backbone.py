@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
 from detectron2.modeling.backbone.resnet import BottleneckBlock, build_resnet_backbone
 
+from mayolact.config.config import add_mayolact_config
 from mayolact.modeling.backbone.carafe import CARAFEUpsample
 from mayolact.modeling.backbone.carafe_fpn import CARAFEFPN
 from mayolact.modeling.backbone.fpn import YOLACTFPN
@@ -19,7 +19,6 @@ from mayolact.modeling.backbone.resnet import (
     ModulatedDeformConv2d,
     build_mayolact_resnet,
 )
-from mayolact.config.config import add_mayolact_config
 
 FPN_NAMES = ["build_yolact_resnet_fpn_backbone", "build_yolact_resnet_carafe_fpn_backbone"]
 

@@ -1,4 +1,5 @@
-"""Box measures of mayolact.structures.box_ops: GIoU / DIoU by hand, IoU against Detectron2's pairwise_iou."""
+"""Box measures of mayolact.structures.box_ops: GIoU / DIoU by hand, IoU against Detectron2's
+pairwise_iou."""
 import numpy as np
 import pytest
 import torch

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.config import get_cfg
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from detectron2.config import get_cfg
-
-from mayolact.modeling.backbone.carafe import CARAFEUpsample, carafe
 from mayolact.config.config import add_mayolact_config
+from mayolact.modeling.backbone.carafe import CARAFEUpsample, carafe
+
 from mmcv_reference import carafe_loop
 
 

@@ -10,11 +10,11 @@ import logging
 
 import pytest
 import torch
-
 from detectron2.modeling import build_model
 
-from common import FULL, get_config, load_tool
 from mayolact.checkpoint.mmdet import convert_mmdet_checkpoint
+
+from common import FULL, get_config, load_tool
 from mmcv_reference import bottleneck_reference, carafe_pack_reference, fpn_carafe_reference
 from mmdet_layouts import mmdet_yolact_shapes, random_state_dict
 
@@ -161,7 +161,8 @@ def test_unknown_key_is_named():
 def test_missing_tensor_is_named():
     src = random_state_dict(mmdet_yolact_shapes("fpn", 0, 1), seed=11)
     del src["mask_head.protonet.10.bias"]
-    with pytest.raises(ValueError, match=r"not in the checkpoint: protonet\.post_upsample\.2\.bias"):
+    with pytest.raises(ValueError,
+                       match=r"not in the checkpoint: protonet\.post_upsample\.2\.bias"):
         convert_mmdet_checkpoint(src, build("yolact_R_50_FPN_550_atss_iou.yaml"))
 
 
@@ -177,7 +178,8 @@ def test_anchor_count_mismatch_names_the_shapes():
 
 def test_neck_and_dcn_mismatches_stop_early():
     with pytest.raises(ValueError, match="neck is FPN_CARAFE.*config's is a plain FPN"):
-        convert_mmdet_checkpoint(mayolact_checkpoint(), build("yolact_R_50_FPN_550_atss_maiou.yaml"))
+        convert_mmdet_checkpoint(mayolact_checkpoint(),
+                                 build("yolact_R_50_FPN_550_atss_maiou.yaml"))
     plain = random_state_dict(mmdet_yolact_shapes("fpn", 0, 2), seed=13)
     with pytest.raises(ValueError, match="neck is a plain FPN.*config's is FPN_CARAFE"):
         convert_mmdet_checkpoint(plain, build("mayolact_R_50_FPN_550.yaml"))

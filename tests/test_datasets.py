@@ -1,4 +1,5 @@
-"""Own COCO-format datasets named in the config, class lists before loading, NUM_CLASSES from data."""
+"""Own COCO-format datasets named in the config, class lists before loading, NUM_CLASSES from
+data."""
 import json
 import uuid
 

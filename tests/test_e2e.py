@@ -21,14 +21,15 @@ from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from mayolact.modeling.anchor_generator import anchors_for_input
-from mayolact.modeling.backbone.carafe_fpn import CARAFEFPN
-from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
 from mayolact.data.dataset_mapper import YOLACTDatasetMapper
 from mayolact.data.shapes import register_shapes
 from mayolact.engine.trainer import build_yolact_optimizer
+from mayolact.modeling.anchor_generator import anchors_for_input
+from mayolact.modeling.backbone.carafe_fpn import CARAFEFPN
+from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
 
 from common import FULL, QUICK, get_config, load_tool
+
 # coco_mini_train images that test the data path: 000000000086 is grayscale (PIL mode "L"),
 # 149 and 257 have crowd (RLE) annotations, 250 and 508 have no annotation at all.
 HARD_TRAIN_FILES = ["000000000086.jpg", "000000000149.jpg", "000000000257.jpg",
@@ -148,7 +149,8 @@ def test_train_then_eval_only_on_coco_mini(coco_mini, tmp_path, monkeypatch):
                              "DATASETS.TEST", f"('{val16}',)",
                              "TEST.DETECTIONS_PER_IMAGE", 10])
     assert_eval_results(results)
-    predictions = json.loads((out / "inference" / val16 / "coco_instances_results.json").read_text())
+    predictions = json.loads(
+        (out / "inference" / val16 / "coco_instances_results.json").read_text())
     val_ids = {d["image_id"] for d in DatasetCatalog.get(val16)}
     assert {p["image_id"] for p in predictions} <= val_ids
     assert all(p["category_id"] in MetadataCatalog.get(val16).thing_dataset_id_to_contiguous_id

@@ -4,11 +4,9 @@ import math
 import pytest
 import torch
 import yaml
-
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 
-from common import REPO, load_tool
 from mayolact import add_mayolact_config
 from mayolact.config.config import ConfigError, load_config, load_rows, merge_config_row
 from mayolact.engine.trainer import (
@@ -20,7 +18,7 @@ from mayolact.engine.trainer import (
     resolve_lr_steps,
 )
 
-
+from common import REPO, load_tool
 
 ROWS = REPO / "configs" / "rows"
 
@@ -122,7 +120,8 @@ def test_adamw_option_clips_globally_and_decays_decoupled():
     model.weight.grad = torch.tensor([[3.0, 0.0, -4.0]])  # global norm 5, clipped to 1
     opt.step()
     assert math.isclose(float(opt.last_grad_norm), 5.0, rel_tol=1e-6)
-    # First AdamW step: w * (1 - lr * wd) - lr * sign(g) (the update m / sqrt(v) is +-1, 0 for g = 0).
+    # First AdamW step: w * (1 - lr * wd) - lr * sign(g) (the update m / sqrt(v) is +-1, 0 for
+    # g = 0).
     expected = torch.tensor([[2 * 0.95 - 0.1, 2 * 0.95, 2 * 0.95 + 0.1]])
     assert torch.allclose(model.weight.detach(), expected, atol=1e-5)
 
@@ -134,7 +133,8 @@ def test_unknown_optimizer_is_named():
         build_yolact_optimizer(cfg, torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(REPO / "configs")))
+@pytest.mark.parametrize("path", shipped_configs(),
+                         ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_shipped_config_loads(path, tmp_path):
     cfg = load_config(str(path), ["OUTPUT_DIR", str(tmp_path)])
     cfg.freeze()

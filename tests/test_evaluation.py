@@ -13,13 +13,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import Boxes, Instances
 
-from common import load_tool
 from mayolact.config.config import add_mayolact_config
 from mayolact.evaluation import (
     LRPEvaluator,
@@ -39,6 +37,8 @@ from mayolact.evaluation import (
     validate_coco_results,
     write_json_atomic,
 )
+
+from common import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATE_PY = REPO / "tools" / "evaluate.py"

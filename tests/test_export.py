@@ -1,4 +1,5 @@
-"""Export (``mayolact.export.exporter``, ``tools/export_model.py``): TorchScript and ONNX reproduce eager.
+"""Export (``mayolact.export.exporter``, ``tools/export_model.py``): TorchScript and ONNX reproduce
+eager.
 
 * The ONNX translations this project adds, each against PyTorch on inputs built to catch a wrong
   translation: a stable sort on heavy ties (both directions), bincount (empty input, values past
@@ -23,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
+from torch import nn
 
 import mayolact  # noqa: F401  (registers everything)
-from mayolact.modeling.backbone.carafe import CARAFEUpsample
+from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.export.exporter import (
     ONNX_OPSET,
     ExportedYOLACTPredictor,
@@ -42,7 +42,7 @@ from mayolact.export.exporter import (
     sample_inputs,
     summarize_comparisons,
 )
-from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.modeling.backbone.carafe import CARAFEUpsample
 
 from common import QUICK, coco_mini_root, get_config, load_tool, tiny_config
 

@@ -32,14 +32,16 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import mayolact  # noqa: F401  (registers everything)
-from common import PYTHON, QUICK_CONFIG as QUICK, SESSION_SHAPES, get_config, load_tool, tool_env
 from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, find_checkpoints
-from mayolact.engine.checks import PreflightError, check_output_dir, check_writable
 from mayolact.config.config import add_mayolact_config
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.samplers import ResumableTrainingSampler
-from mayolact.evaluation import build_mayolact_evaluator, olrp_from_matches
+from mayolact.engine.checks import PreflightError, check_output_dir, check_writable
 from mayolact.engine.hooks import DivergenceGuard, StagedPeriodicCheckpointer, TrainingDiverged
+from mayolact.evaluation import build_mayolact_evaluator, olrp_from_matches
+
+from common import PYTHON, SESSION_SHAPES, get_config, load_tool, tool_env
+from common import QUICK_CONFIG as QUICK
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(REPO / "tools" / "train_net.py")
@@ -151,7 +153,8 @@ def test_resume_falls_back_from_an_unreadable_newest_checkpoint(tmp_path):
     assert "checksum" in warning[0] and "model_0000001.pth" in warning[0]
 
     (tmp_path / "model_0000001.pth").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="no readable checkpoint.*0001.pth: the file is empty"):
+    with pytest.raises(CheckpointError,
+                       match="no readable checkpoint.*0001.pth: the file is empty"):
         YOLACTCheckpointer(torch.nn.Linear(4, 3), folder).resume_or_load("", resume=True)
 
 

@@ -15,13 +15,22 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import smooth_l1_loss
 from torch.nn import functional as F
 
-from common import (BASE_CONFIG, REPO, build_tiny_model, get_config, load_tool,
-                    register_tiny_shapes, run_tool, tiny_config)
 from mayolact import analysis as an
 from mayolact.analysis import figures
-from mayolact.modeling.anchor_generator import anchors_for_input
 from mayolact.data.shapes import generate_shapes_dicts
+from mayolact.modeling.anchor_generator import anchors_for_input
 from mayolact.modeling.losses import yolact_mask_loss
+
+from common import (
+    BASE_CONFIG,
+    REPO,
+    build_tiny_model,
+    get_config,
+    load_tool,
+    register_tiny_shapes,
+    run_tool,
+    tiny_config,
+)
 
 SMALL_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]"]
 

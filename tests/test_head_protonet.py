@@ -1,13 +1,12 @@
 """YOLACTHead, ProtoNet and SemanticSegHead: shapes, ranges, init and config wiring."""
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 
 from mayolact.config.config import add_mayolact_config
-from mayolact.modeling.yolact_head import YOLACTHead
 from mayolact.modeling.protonet import ProtoNet, SemanticSegHead
+from mayolact.modeling.yolact_head import YOLACTHead
 
 
 def _cfg(num_classes=3, ratios=(1.0,), sizes=((32,), (64,), (128,)), head_convs=1):

@@ -4,15 +4,15 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from detectron2.engine import DefaultPredictor
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from torch import nn
+
+from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.export.optimize import fold_batch_norms, optimize_for_inference
+from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
 
 from common import build_tiny_model, tiny_config
-from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
-from mayolact.export.optimize import fold_batch_norms, optimize_for_inference
-from mayolact.engine.predictor import YOLACTPredictor
 
 
 def _randomise_norm(norm, gen):

@@ -4,9 +4,8 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
-
 from detectron2.modeling.box_regression import Box2BoxTransform
+from torch.nn import functional as F
 
 from mayolact.modeling.losses import (
     ohem_selection,

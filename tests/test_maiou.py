@@ -5,6 +5,7 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Boxes, pairwise_iou
 
+from mayolact.structures.integral_image import integral_images
 from mayolact.structures.maiou import (
     mask_fraction_in_boxes,
     mask_over_box,
@@ -12,7 +13,6 @@ from mayolact.structures.maiou import (
     pairwise_maiou,
     pairwise_maiou_bruteforce,
 )
-from mayolact.structures.integral_image import integral_images
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -7,7 +7,6 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes
 
-from common import load_tool
 from mayolact.config.config import add_mayolact_config
 from mayolact.modeling.matchers import (
     ANCHOR_MATCHER_REGISTRY,
@@ -17,6 +16,8 @@ from mayolact.modeling.matchers import (
     build_anchor_matcher,
 )
 from mayolact.structures.integral_image import integral_images
+
+from common import load_tool
 
 
 # ------------------------------------------------------------------ python references

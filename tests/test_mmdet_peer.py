@@ -1,12 +1,13 @@
 """Against the peer itself: mmdetection 3.3 YOLACT R-50 with random weights vs. its conversion.
 
-``scripts/install_peer.sh`` (run by ``make test``) installs mmdetection 3.3.0, mmengine and mmcv-lite
-into ``.peer/site``, outside the project's environment; ``tests/peer/mmdet_yolact_oracle.py`` runs
-there in a subprocess: it builds ``yolact_r50_1xb8-55e_coco.py`` with seeded random weights and BN
-statistics, saves its checkpoint and runs mmdetection's test pipeline on a coco_mini image. Here the
-checkpoint is converted with ``tools/convert_weights.py mmdet`` into
-``yolact_R_50_FPN_550_fixediou.yaml`` and run through :class:`mayolact.engine.predictor.YOLACTPredictor` on
-the same image. Skips when the peer or coco_mini is absent.
+``scripts/install_peer.sh`` (run by ``make test``) installs mmdetection 3.3.0, mmengine and
+mmcv-lite into ``.peer/site``, outside the project's environment;
+``tests/peer/mmdet_yolact_oracle.py`` runs there in a subprocess: it builds
+``yolact_r50_1xb8-55e_coco.py`` with seeded random weights and BN statistics, saves its checkpoint
+and runs mmdetection's test pipeline on a coco_mini image. Here the checkpoint is converted with
+``tools/convert_weights.py mmdet`` into ``yolact_R_50_FPN_550_fixediou.yaml`` and run through
+:class:`mayolact.engine.predictor.YOLACTPredictor` on the same image. Skips when the peer or
+coco_mini is absent.
 """
 import os
 import subprocess
@@ -15,12 +16,12 @@ import sys
 import cv2
 import pytest
 import torch
-
 from detectron2.modeling import build_model
 
-from common import FULL, REPO, coco_mini_root, get_config, run_tool
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.engine.predictor import YOLACTPredictor
+
+from common import FULL, REPO, coco_mini_root, get_config, run_tool
 
 PEER_SITE = REPO / ".peer" / "site"
 PEER_HELPERS = REPO / "tests" / "peer"

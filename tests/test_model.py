@@ -4,15 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from common import build_tiny_model, tiny_config
-from mayolact.modeling.meta_arch.yolact import YOLACT
 from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.modeling.meta_arch.yolact import YOLACT
 from mayolact.structures.integral_image import integral_images
+
+from common import build_tiny_model, tiny_config
 
 NUM_CLASSES = 3
 

@@ -2,12 +2,10 @@
 docs/official_implementation.md §8 (mask assembly) and §9 (inference)."""
 import pytest
 import torch
-from torch.nn import functional as F
-
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
+from torch.nn import functional as F
 
-from mayolact.structures.box_ops import batched_box_iou
 from mayolact.modeling.postprocessing import (
     assemble_masks,
     box_crop_region,
@@ -15,6 +13,7 @@ from mayolact.modeling.postprocessing import (
     fast_nms,
     yolact_postprocess,
 )
+from mayolact.structures.box_ops import batched_box_iou
 
 
 def _random_boxes(n, size=100.0, gen=None):

@@ -2,9 +2,8 @@
 import numpy as np
 import torch
 
-from common import build_tiny_model, tiny_config
-from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
 from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
 from mayolact.utils.profiling import (
     STAGES,
     StageTimer,
@@ -12,6 +11,8 @@ from mayolact.utils.profiling import (
     measure_peak_flops,
     stage,
 )
+
+from common import build_tiny_model, tiny_config
 
 
 def test_stage_timer_accumulates_and_none_is_a_noop():
@@ -73,6 +74,7 @@ def test_deformable_conv_flops_are_counted():
             return self.dcn(x, offset, mask)
 
     from detectron2.utils.analysis import FlopCountAnalysis  # as count_flops, on a plain module
+
     from mayolact.utils.profiling import deform_conv2d_flop_jit
 
     analysis = FlopCountAnalysis(Wrapper(), (torch.zeros(2, 8, 10, 10),))

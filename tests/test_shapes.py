@@ -11,8 +11,14 @@ from detectron2.structures import BoxMode
 from pycocotools.coco import COCO
 
 from mayolact.data import shapes
-from mayolact.data.shapes import (SHAPES_CLASSES, generate_shapes_dicts, load_shapes,
-                                  register_shapes, render_shapes_image, shapes_cache_dir)
+from mayolact.data.shapes import (
+    SHAPES_CLASSES,
+    generate_shapes_dicts,
+    load_shapes,
+    register_shapes,
+    render_shapes_image,
+    shapes_cache_dir,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common import load_tool
 from mayolact.utils.logger import KNOWN_WARNINGS, filter_known_warnings
+
+from common import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
@@ -39,7 +40,8 @@ def test_import_registers_everything_quietly():
         from mayolact.modeling.matchers import ANCHOR_MATCHER_REGISTRY
         print("REGISTERED", "YOLACT" in META_ARCH_REGISTRY,
               "build_yolact_resnet_carafe_fpn_backbone" in BACKBONE_REGISTRY,
-              "mayolact_shapes_val" in DatasetCatalog.list(), "ATSSMatcher" in ANCHOR_MATCHER_REGISTRY)
+              "mayolact_shapes_val" in DatasetCatalog.list(),
+              "ATSSMatcher" in ANCHOR_MATCHER_REGISTRY)
         cfg = get_cfg()
         mayolact.add_mayolact_config(cfg)
         cfg.merge_from_file({str(QUICK)!r})

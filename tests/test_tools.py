@@ -19,9 +19,10 @@ import pytest
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 
-from common import PYTHON, QUICK_CONFIG, REPO, get_config, load_tool, tool_env
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.shapes import register_shapes
+
+from common import PYTHON, QUICK_CONFIG, REPO, get_config, load_tool, tool_env
 
 
 def free_port():

@@ -18,16 +18,15 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torch import nn
-
 from detectron2.engine import hooks
 from detectron2.modeling import build_model
+from torch import nn
 
 import mayolact  # noqa: F401
-from mayolact.modeling.backbone import ModulatedDeformBottleneck
 from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, summarize_names
-from mayolact.config.config import load_config
 from mayolact.checkpoint.torchvision import torchvision_cache_path
+from mayolact.config.config import load_config
+from mayolact.modeling.backbone import ModulatedDeformBottleneck
 
 from conftest import coco_mini_root
 
@@ -182,7 +181,8 @@ def test_torchvision_resnet_outputs_equal_in_table2_config(depth, freeze_at, tmp
     assert "Unused from the checkpoint (2 tensors): fc" in lines
     fresh = [line for line in lines if line.startswith("Initialised fresh")]
     assert len(fresh) == 1 and "backbone.{fpn_lateral*, fpn_output*, top_block.p*}" in fresh[0]
-    assert "head.{tower.*, cls_score, bbox_pred, coeff_pred}" in fresh[0] and "bottom_up" not in fresh[0]
+    assert ("head.{tower.*, cls_score, bbox_pred, coeff_pred}" in fresh[0]
+            and "bottom_up" not in fresh[0])
 
     x = normalised_input(model)
     with torch.no_grad():
@@ -567,7 +567,11 @@ class _NotATensor:
 def test_file_with_python_objects_is_refused_unless_trusted(tmp_path, monkeypatch):
     """A weights-only load refuses pickled objects and names the opt-in; with
     $MAYOLACT_TRUST_PICKLE=1 the same file loads in full."""
-    from mayolact.checkpoint.checkpointer import TRUST_PICKLE_ENV, CheckpointError, load_weights_file
+    from mayolact.checkpoint.checkpointer import (
+        TRUST_PICKLE_ENV,
+        CheckpointError,
+        load_weights_file,
+    )
 
     path = tmp_path / "training_state.pth"
     torch.save({"state_dict": {"w": torch.ones(2)}, "message_hub": _NotATensor(3)}, str(path))

@@ -3,9 +3,9 @@
 
 For each config: randomly initialised weights (unless ``MODEL.WEIGHTS`` is given among the
 overrides), a few warm-up batches, then the time per image over real images (``coco_mini_val`` when
-present, else the shapes set) through :class:`mayolact.engine.predictor.YOLACTPredictor`, from the uint8
-BGR image to the final ``Instances`` with full-resolution masks. ``--batch N`` runs N images per
-forward pass. On CUDA the timers synchronise the device.
+present, else the shapes set) through :class:`mayolact.engine.predictor.YOLACTPredictor`, from the
+uint8 BGR image to the final ``Instances`` with full-resolution masks. ``--batch N`` runs N images
+per forward pass. On CUDA the timers synchronise the device.
 
 Reported per config: anchors, parameters, fvcore's FLOPs of one image (one multiply-add is one flop;
 torchvision's deformable convs counted as convs), end-to-end time and fps against the first row, the
@@ -34,7 +34,8 @@ def get_parser():
     p.add_argument("--warmup", type=int, default=3, help="warm-up batches (not timed)")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu or cuda (default: cuda when available, else cpu)")
-    p.add_argument("--dataset", default=None, help="default: coco_mini_val, else mayolact_shapes_val")
+    p.add_argument("--dataset", default=None,
+                   help="default: coco_mini_val, else mayolact_shapes_val")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--peak-seconds", type=float, default=1.0,

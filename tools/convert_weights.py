@@ -27,7 +27,6 @@ import argparse
 import logging
 import sys
 
-
 # The conversion modules (torch, Detectron2) are imported where they are used: --help needs none.
 
 logger = logging.getLogger("mayolact.convert_weights")
@@ -35,8 +34,13 @@ logger = logging.getLogger("mayolact.convert_weights")
 
 def convert_torchvision(args) -> None:
     """``torchvision SRC DST``."""
-    from mayolact.checkpoint.checkpointer import (TORCHVISION_AUTHOR, CheckpointError, load_weights_file,
-                                     save_converted_checkpoint, summarize_names)
+    from mayolact.checkpoint.checkpointer import (
+        TORCHVISION_AUTHOR,
+        CheckpointError,
+        load_weights_file,
+        save_converted_checkpoint,
+        summarize_names,
+    )
     from mayolact.checkpoint.torchvision import convert_torchvision_resnet, is_torchvision_resnet
 
     state = load_weights_file(args.src)
@@ -58,8 +62,12 @@ def convert_mmdet(args) -> None:
     the file against the config's model (``mayolact.checkpoint.mmdet``), the result is saved."""
     from detectron2.modeling import build_model
 
-    from mayolact.checkpoint.checkpointer import (MMDET_AUTHOR, CheckpointError, YOLACTCheckpointer,
-                                     save_converted_checkpoint)
+    from mayolact.checkpoint.checkpointer import (
+        MMDET_AUTHOR,
+        CheckpointError,
+        YOLACTCheckpointer,
+        save_converted_checkpoint,
+    )
     from mayolact.config import load_config
 
     cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])

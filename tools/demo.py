@@ -6,12 +6,14 @@ Drawings use Detectron2's ``Visualizer`` (``VideoVisualizer`` for videos) and ar
 
 Examples::
 
-    python tools/demo.py --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
+    python tools/demo.py \
+        --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
         --input ../shared/data/coco_mini/val2017 --output output/vis MODEL.WEIGHTS model_final.pth
     python tools/demo.py --config-file <cfg> --video-input clip.mp4 --output output/clip.mp4 \
         MODEL.WEIGHTS model_final.pth
     python tools/demo.py --config-file <cfg> --exported output/export/model.onnx \
-        --input ../shared/data/coco_mini/val2017 --output output/vis  # tools/export_model.py's model
+        --input ../shared/data/coco_mini/val2017 \
+        --output output/vis  # tools/export_model.py's model
 
 Exit status: 0 when every input was drawn; 1 when an input is missing or some images could not be
 read (each is named on stderr; the others are drawn); 2 for a bad config or output path.
@@ -21,11 +23,12 @@ import os
 import sys
 
 
-
 def get_parser():
     parser = argparse.ArgumentParser(description="maYOLACT demo: draw predictions with Visualizer")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to a config file")
-    parser.add_argument("--input", nargs="+", help="image files, folders of images, or glob patterns")
+    parser.add_argument("--config-file", required=True, metavar="FILE",
+                        help="path to a config file")
+    parser.add_argument("--input", nargs="+",
+                        help="image files, folders of images, or glob patterns")
     parser.add_argument("--video-input", help="path to a video file")
     parser.add_argument("--output", required=True,
                         help="folder for the drawn images (or the output video path)")
@@ -35,7 +38,8 @@ def get_parser():
                         help="predict with this model of tools/export_model.py (.onnx in "
                              "onnxruntime on the CPU, .ts TorchScript) instead of building one")
     parser.add_argument("--metadata", default=None,
-                        help="dataset whose class names to draw (default: the config's first test set)")
+                        help="dataset whose class names to draw "
+                             "(default: the config's first test set)")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs")
     return parser
@@ -44,10 +48,10 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # After parsing: --help and usage errors need none of these.
-    from mayolact.engine.checks import PreflightError, check_datasets_registered, check_writable
     from mayolact.config import ConfigError, load_config
-    from mayolact.utils.logger import setup_logging
+    from mayolact.engine.checks import PreflightError, check_datasets_registered, check_writable
     from mayolact.engine.demo import Demo, expand_inputs
+    from mayolact.utils.logger import setup_logging
 
     logger = setup_logging(with_detectron2=True)
     if not args.input and not args.video_input:

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "shapes", "mayolact_shapes_demo.yaml")
 
@@ -28,7 +27,8 @@ def main(argv=None):
                    help="config to train (default: configs/shapes/mayolact_shapes_demo.yaml)")
     p.add_argument("--output", default="output/demo", help="output folder")
     p.add_argument("--num-vis", type=int, default=12, help="validation images to draw")
-    p.add_argument("--eval-only", action="store_true", help="skip training; use MODEL.WEIGHTS or the last run")
+    p.add_argument("--eval-only", action="store_true",
+                   help="skip training; use MODEL.WEIGHTS or the last run")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (KEY VALUE ...)")
     args = p.parse_args(argv)
     # After parsing: --help and usage errors need none of these.
@@ -37,9 +37,9 @@ def main(argv=None):
     from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
     from mayolact.config import ConfigError, load_config
     from mayolact.engine import Trainer
+    from mayolact.engine.demo import Demo
     from mayolact.utils.file_io import write_json_atomic
     from mayolact.utils.logger import default_setup
-    from mayolact.engine.demo import Demo
 
     class DemoTrainer(Trainer):
         """The project's trainer without the evaluation hook: the job evaluates once, itself, so
@@ -56,7 +56,8 @@ def main(argv=None):
         return 2
     cfg.freeze()
     # Detectron2's setup and the project's loggers: one log.txt with the oLRP tables too.
-    default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts, eval_only=False))
+    default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts,
+                                          eval_only=False))
     logger = logging.getLogger("mayolact.demo")
 
     start = time.perf_counter()
@@ -83,7 +84,8 @@ def main(argv=None):
     demo = Demo(cfg_vis, metadata_name=cfg.DATASETS.TEST[0], confidence_threshold=0.3)
     vis_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
     os.makedirs(vis_dir, exist_ok=True)
-    demo.draw_files([d["file_name"] for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.num_vis]],
+    demo.draw_files([d["file_name"]
+                     for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.num_vis]],
                     vis_dir)
 
     summary = {
@@ -97,7 +99,8 @@ def main(argv=None):
     write_json_atomic(summary_file, summary, indent=2)
     segm = results.get("segm", {})
     print(f"\nmaYOLACT demo: mask AP {segm.get('AP', float('nan')):.1f}, "
-          f"box AP {results.get('bbox', {}).get('AP', float('nan')):.1f}; trained in {train_time / 60:.1f} min, "
+          f"box AP {results.get('bbox', {}).get('AP', float('nan')):.1f}; "
+          f"trained in {train_time / 60:.1f} min, "
           f"evaluated in {eval_time:.0f} s; drawings in {vis_dir}, results in {summary_file}")
     return 0
 

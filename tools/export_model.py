@@ -21,7 +21,8 @@ import argparse
 import os
 import sys
 
-#: The keys of ``mayolact.export.exporter.EXPORT_FORMATS``, spelled out so that ``--help`` imports no torch.
+#: The keys of ``mayolact.export.exporter.EXPORT_FORMATS``, spelled out so that ``--help`` imports
+#: no torch.
 FORMATS = ("onnx", "torchscript")
 
 
@@ -64,7 +65,10 @@ def main(argv=None):
 
     import torch
     from detectron2.data.detection_utils import read_image
+
     from mayolact.config import ConfigError, load_config
+    from mayolact.engine.demo import expand_inputs
+    from mayolact.engine.predictor import YOLACTPredictor
     from mayolact.export.exporter import (
         ExportedYOLACTPredictor,
         compare_instances,
@@ -73,8 +77,6 @@ def main(argv=None):
         summarize_comparisons,
     )
     from mayolact.utils.logger import setup_logging
-    from mayolact.engine.predictor import YOLACTPredictor
-    from mayolact.engine.demo import expand_inputs
 
     logger = setup_logging(with_detectron2=True)  # Detectron2's format for every line
     try:

@@ -6,10 +6,12 @@ gradient clip), epoch schedules and COCO AP + oLRP evaluation (``mayolact.engine
 
 Examples::
 
-    python tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
+    python tools/train_net.py \
+        --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
         --num-gpus 4
     python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS output/model_final.pth
-    python tools/train_net.py --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
+    python tools/train_net.py \
+        --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
         MODEL.DEVICE cpu
 
 Before anything is built, the config is checked (``mayolact.engine.checks.preflight``: datasets

@@ -17,7 +17,6 @@ writes into DIR:
 """
 import argparse
 import os
-
 import sys
 
 import cv2
@@ -30,7 +29,6 @@ PEER_MISSING = 77
 
 try:
     import mmcv_ext_stub  # noqa: F401  (must come before mmdet: stands in for mmcv._ext)
-
     import mmdet
     from mmcv.transforms import Compose
     from mmdet.registry import MODELS

@@ -11,7 +11,8 @@ The paper's ideas, one module each:
 
 * mask-aware IoU and the MOB ratio: :mod:`mayolact.structures.maiou`;
 * exact maIoU through compact integral images (Alg. 1): :mod:`mayolact.structures.integral_image`;
-* the maIoU-based ATSS assigner (and the other assigners of Table 2): :mod:`mayolact.modeling.matchers`.
+* the maIoU-based ATSS assigner (and the other assigners of Table 2):
+  :mod:`mayolact.modeling.matchers`.
 """
 from .utils.logger import filter_known_warnings
 

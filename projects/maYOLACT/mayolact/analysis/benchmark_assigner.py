@@ -293,8 +293,8 @@ def train_iteration_benchmark(args):
           f"(R-{cfg.MODEL.RESNETS.DEPTH} x{width:g} width, FPN {cfg.MODEL.FPN.OUT_CHANNELS} ch, "
           f"backbone {cfg.MODEL.BACKBONE.NAME}), batch {args.images} x {args.size}x{args.size}, "
           f"{num_gt} GTs ({source}, mapped once); device {device}, "
-          f"{torch.get_num_threads()} CPU thread(s); forward + backward + optimizer step, median of "
-          f"{args.iters} iterations ({args.bruteforce_iters} for brute force) after "
+          f"{torch.get_num_threads()} CPU thread(s); forward + backward + optimizer step, "
+          f"median of {args.iters} iterations ({args.bruteforce_iters} for brute force) after "
           f"{args.warmup} warm-up. Paper: full R-50, 550, batch 8, one V100.\n")
     print("| assigner | anchors | s / iter | x ATSS w. IoU | assignment s / iter "
           "| paper s / iter | paper x ATSS w. IoU |")

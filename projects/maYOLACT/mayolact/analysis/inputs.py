@@ -12,7 +12,6 @@ import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-
 from detectron2.data import DatasetCatalog
 
 from mayolact.data.augmentation import SquareResize, filter_small_gts

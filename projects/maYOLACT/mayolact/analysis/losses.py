@@ -1,10 +1,10 @@
 """Figure 2 of the paper: the training losses of anchors with similar IoUs, by their MOB ratio.
 
-The losses are the model's own: :meth:`mayolact.modeling.meta_arch.yolact.YOLACT.per_anchor_losses` runs the
-training forward and loss functions without reduction; only the labelling differs. The figure
-labels each anchor by the IoU of its best GT (:func:`iou_band_matcher`, a
-:class:`~mayolact.modeling.matchers.FixedIoUMatcher` with the figure's bands), so that anchors of one IoU
-band can be compared; passing the model's own matcher gives the anchors training uses.
+The losses are the model's own: :meth:`mayolact.modeling.meta_arch.yolact.YOLACT.per_anchor_losses`
+runs the training forward and loss functions without reduction; only the labelling differs.
+The figure labels each anchor by the IoU of its best GT (:func:`iou_band_matcher`, a
+:class:`~mayolact.modeling.matchers.FixedIoUMatcher` with the figure's bands), so that anchors of
+one IoU band can be compared; passing the model's own matcher gives the anchors training uses.
 
 Shape shorthand: N: images of a batch; R: anchors of one image (all levels).
 """
@@ -12,11 +12,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-
 from detectron2.structures import Boxes, pairwise_iou
 
-from mayolact.structures.maiou import mask_fraction_in_boxes
 from mayolact.modeling.matchers import FixedIoUMatcher
+from mayolact.structures.maiou import mask_fraction_in_boxes
 
 __all__ = ["iou_band_matcher", "per_anchor_losses", "losses_by_mob", "bin_statistics"]
 
@@ -60,7 +59,8 @@ def per_anchor_losses(model, batched_inputs: List[Dict],
     * ``mask`` (positives): YOLACT's mask loss of that anchor alone, weight 1.
 
     Args:
-        model: a :class:`~mayolact.modeling.meta_arch.yolact.YOLACT` (its mode is left as it is; use eval mode).
+        model: a :class:`~mayolact.modeling.meta_arch.yolact.YOLACT` (its mode is left as it is;
+            use eval mode).
         batched_inputs: N training inputs (``image``, ``instances``), e.g. of
             :func:`~mayolact.analysis.inputs.mapped_batches`.
         pos_iou, neg_iou: the IoU bands of :func:`iou_band_matcher`.

@@ -8,8 +8,8 @@ Definitions (paper Sec. 3.1):
   :func:`mayolact.structures.maiou.mask_fraction_in_boxes`);
 * IoU: Detectron2's ``pairwise_iou``; maIoU: :func:`mayolact.structures.maiou.pairwise_maiou`.
 
-The anchors are a config's (:func:`mayolact.modeling.anchor_generator.anchors_for_input`) and the ground
-truths at the input size come through YOLACT's mapper (:mod:`mayolact.analysis.inputs`).
+The anchors are a config's (:func:`mayolact.modeling.anchor_generator.anchors_for_input`) and the
+ground truths at the input size come through YOLACT's mapper (:mod:`mayolact.analysis.inputs`).
 
 Shape shorthand: G: ground truths of one image; A: anchors (all levels); P: (GT, anchor) pairs.
 """
@@ -17,13 +17,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from mayolact.analysis.inputs import DatasetLike, get_dataset_dicts, mapped_inputs, original_gts
 from mayolact.modeling.anchor_generator import anchors_for_input
-from mayolact.structures.maiou import mask_fraction_in_boxes, mask_over_box, pairwise_maiou
 from mayolact.structures.integral_image import integral_images
+from mayolact.structures.maiou import mask_fraction_in_boxes, mask_over_box, pairwise_maiou
 
 __all__ = ["gt_mob_ratios", "iou_maiou_pairs", "disagreement_examples"]
 

@@ -36,7 +36,8 @@ def save_figure(fig, path: str, dpi: int = 120, tight: bool = True) -> str:
     """Lay out (``tight_layout``), write a matplotlib figure atomically and close it.
 
     The folder is created if needed and a crash never leaves a half-written image
-    (:func:`mayolact.utils.file_io.atomic_path`). The figure is closed whether or not writing succeeded.
+    (:func:`mayolact.utils.file_io.atomic_path`). The figure is closed whether or not writing
+    succeeded.
 
     Args:
         fig: a ``matplotlib.figure.Figure``.

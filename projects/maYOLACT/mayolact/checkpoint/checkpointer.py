@@ -1,7 +1,7 @@
 """Checkpoints of maYOLACT: reading foreign weights and writing runs that survive faults.
 
-:class:`YOLACTCheckpointer` is Detectron2's ``DetectionCheckpointer`` with two concerns added, each in
-its own methods:
+:class:`YOLACTCheckpointer` is Detectron2's ``DetectionCheckpointer`` with two concerns added, each
+in its own methods:
 
 * loading: recognises the format of ``MODEL.WEIGHTS`` (a Detectron2 checkpoint, a torchvision
   ImageNet ResNet, an mmdetection YOLACT checkpoint) and converts its names on load, refusing
@@ -17,11 +17,10 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
-from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 from detectron2.utils.file_io import PathManager
+from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
 
 from mayolact.checkpoint.torchvision import (
     BOTTOM_UP_PREFIX,
@@ -73,8 +72,8 @@ class CheckpointError(ValueError):
 def summarize_names(names: Iterable[str]) -> str:
     """Parameter names grouped by module, short enough for one log line.
 
-    Trailing digits become ``*`` (block and level indices), the last part (``weight``, ``bias``, ...) is
-    dropped, and groups under the same top-level module share braces, e.g.
+    Trailing digits become ``*`` (block and level indices), the last part (``weight``, ``bias``,
+    ...) is dropped, and groups under the same top-level module share braces, e.g.
     ``backbone.{fpn_lateral*, bottom_up.res*.*.conv2_offset}, head.{cls_score, bbox_pred}, fc``.
 
     Args:
@@ -124,7 +123,8 @@ def _describe_read_error(path: str, err: Exception) -> str:
         )
     detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
     detail = detail.group(1).strip() if detail else (text.strip().splitlines() or [""])[0]
-    return f"corrupt or truncated, not a readable PyTorch checkpoint ({type(err).__name__}: {detail})"
+    return ("corrupt or truncated, not a readable PyTorch checkpoint "
+            f"({type(err).__name__}: {detail})")
 
 
 #: Environment variable: "1" lets a file that a weights-only load refuses be unpickled in full.
@@ -136,8 +136,9 @@ def load_weights_file(path: str):
     """``torch.load`` of a weights file (``weights_only``, on the CPU), with errors in words.
 
     A file holding Python objects beyond tensors and plain containers (an mmengine training
-    checkpoint's message hub, numpy scalars in its meta) is refused, unless ``$MAYOLACT_TRUST_PICKLE``
-    is "1": then it is unpickled in full (with a warning), since such a load can run code.
+    checkpoint's message hub, numpy scalars in its meta) is refused, unless
+    ``$MAYOLACT_TRUST_PICKLE`` is "1": then it is unpickled in full (with a warning), since such a
+    load can run code.
 
     Args:
         path (str): a local file or a ``PathManager`` URI (``torchvision://resnet50``, ...).
@@ -387,10 +388,10 @@ class YOLACTCheckpointer(DetectionCheckpointer):
                 raise CheckpointError(f"{filename}: {_describe_read_error(filename, e)}") from e
             if loaded.get("matching_heuristics", False):
                 raise CheckpointError(
-                    f"{filename}: a {loaded.get('__author__', 'Caffe2')} model-zoo file, whose names "
-                    "Detectron2 can only match by heuristics; maYOLACT loads exact names only. For "
-                    f"ImageNet initialisation use {TORCHVISION_PREFIX}resnet50 (torchvision-style "
-                    "ResNet: stride in the 3x3 conv, RGB input)"
+                    f"{filename}: a {loaded.get('__author__', 'Caffe2')} model-zoo file, whose "
+                    "names Detectron2 can only match by heuristics; maYOLACT loads exact names "
+                    f"only. For ImageNet initialisation use {TORCHVISION_PREFIX}resnet50 "
+                    "(torchvision-style ResNet: stride in the 3x3 conv, RGB input)"
                 )
             loaded[_SOURCE_KEY] = filename
             return loaded
@@ -538,7 +539,8 @@ class YOLACTCheckpointer(DetectionCheckpointer):
         """
         missing, unexpected, shapes = _diff(state, model_state)
         has_training_only = any(k.startswith(_TRAINING_ONLY) for k in model_state)
-        unused = [] if has_training_only else [k for k in unexpected if k.startswith(_TRAINING_ONLY)]
+        unused = ([] if has_training_only
+                  else [k for k in unexpected if k.startswith(_TRAINING_ONLY)])
         unexpected = [k for k in unexpected if k not in unused]
         skipped = []
         if self.skip_class_layers:

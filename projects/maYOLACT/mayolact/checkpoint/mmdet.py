@@ -22,7 +22,8 @@ prefix ``backbone.bottom_up.``):
 * ``bbox_head.head_convs.{i}.conv`` -> ``head.tower.{2i}``;
 * ``bbox_head.conv_cls`` / ``conv_reg`` / ``conv_coeff`` -> ``head.cls_score`` / ``bbox_pred`` /
   ``coeff_pred``;
-* ``mask_head.protonet.{0,2,4,8,10}`` -> ``protonet.convs.{0,2,4}``, ``protonet.post_upsample.{0,2}``;
+* ``mask_head.protonet.{0,2,4,8,10}`` -> ``protonet.convs.{0,2,4}``,
+  ``protonet.post_upsample.{0,2}``;
 * ``segm_head.segm_conv`` (2.x) or ``mask_head.segm_branch.segm_conv`` (3.x) ->
   ``semseg_head.conv``.
 
@@ -34,8 +35,9 @@ Layouts, checked one by one against the official code:
   two lists has a single entry, which holds for every YOLACT / maYOLACT config): copied unchanged;
 * DCNv2: mmdet's ``conv_offset`` output is chunked into (o1, o2, mask), the offsets are
   ``cat(o1, o2)`` with a (y, x) pair per kernel point grouped by offset group, masks go through a
-  sigmoid; :class:`mayolact.modeling.backbone.ModulatedDeformBottleneck` reads ``conv2_offset`` the same way
-  and torchvision's ``deform_conv2d`` indexes offsets and masks as mmcv's kernel does: unchanged;
+  sigmoid; :class:`mayolact.modeling.backbone.ModulatedDeformBottleneck` reads ``conv2_offset`` the
+  same way and torchvision's ``deform_conv2d`` indexes offsets and masks as mmcv's kernel does:
+  unchanged;
 * CARAFE: the content encoder's ``k^2 * g * s^2`` channels go through ``pixel_shuffle`` and a
   group-major softmax in both: unchanged;
 * semantic head (training only): mmdet writes the target of class c into channel c - 1 (0-based
@@ -253,7 +255,8 @@ def convert_mmdet_checkpoint(
     """
     if not isinstance(state_dict, Mapping):
         raise ValueError(
-            f"mmdetection checkpoint: expected a state dict (a mapping), got {type(state_dict).__name__}")
+            "mmdetection checkpoint: expected a state dict (a mapping), "
+            f"got {type(state_dict).__name__}")
     layout = _Layout(model)
     expected = model.state_dict()
     _check_architecture(state_dict, expected, layout)

@@ -1,8 +1,8 @@
 """torchvision's ImageNet ResNets as maYOLACT backbones: names, files and ``torchvision://`` paths.
 
 The paper initialises every model from torchvision's ImageNet ResNet-50. Its state dict differs from
-Detectron2's ResNet (:func:`mayolact.modeling.backbone.build_mayolact_resnet`) in names only; shapes and
-layouts are the same because both put the stride of a bottleneck in its 3x3 conv
+Detectron2's ResNet (:func:`mayolact.modeling.backbone.build_mayolact_resnet`) in names only; shapes
+and layouts are the same because both put the stride of a bottleneck in its 3x3 conv
 (``MODEL.RESNETS.STRIDE_IN_1X1: False``):
 
 ================================  ===========================================
@@ -23,8 +23,8 @@ counterpart and keeps its zero initialisation.
 
 ``torchvision://resnet50`` (and ``resnet18``, ``resnet34``, ``resnet101``, ``resnet152``) names
 torchvision's ``IMAGENET1K_V1`` weights, the ones the paper used. Importing this module registers a
-path handler with Detectron2's ``PathManager``, so ``MODEL.WEIGHTS: torchvision://resnet50`` resolves
-to the file in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), downloading it through
+path handler with Detectron2's ``PathManager``, so ``MODEL.WEIGHTS: torchvision://resnet50``
+resolves to the file in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), downloading it through
 torchvision's weights API where the machine is online.
 """
 import logging
@@ -35,9 +35,8 @@ from urllib.parse import urlparse
 
 import torch
 import torchvision
-from iopath.common.file_io import PathHandler
-
 from detectron2.utils.file_io import PathManager
+from iopath.common.file_io import PathHandler
 
 __all__ = [
     "BOTTOM_UP_PREFIX",
@@ -102,7 +101,8 @@ def _detectron2_name(name: str) -> str:
 def convert_torchvision_resnet(
     state_dict: Mapping[str, torch.Tensor], prefix: str = BOTTOM_UP_PREFIX
 ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Rename a torchvision ResNet state dict to Detectron2's ResNet names (table in the module doc).
+    """Rename a torchvision ResNet state dict to Detectron2's ResNet names (table in the module
+    doc).
 
     Tensors are not copied or changed.
 
@@ -162,7 +162,8 @@ def torchvision_weights(name: str):
 
 
 def torchvision_cache_path(name: str) -> str:
-    """Where torchvision keeps the weights of ``name``: ``<torch.hub.get_dir()>/checkpoints/<file>``.
+    """Where torchvision keeps the weights of ``name``:
+    ``<torch.hub.get_dir()>/checkpoints/<file>``.
 
     The file name is the last part of the weights' URL (e.g. ``resnet50-0676ba61.pth``), as
     ``torch.hub.load_state_dict_from_url`` stores it; ``torch.hub.get_dir()`` follows
@@ -213,7 +214,8 @@ def resolve_torchvision_path(uri: str) -> str:
 
 
 class TorchvisionPathHandler(PathHandler):
-    """``PathManager`` handler of ``torchvision://<resnet>`` (see :func:`resolve_torchvision_path`)."""
+    """``PathManager`` handler of ``torchvision://<resnet>`` (see
+    :func:`resolve_torchvision_path`)."""
 
     def _get_supported_prefixes(self) -> List[str]:
         return [TORCHVISION_PREFIX]

@@ -1,4 +1,5 @@
-"""Config keys (:func:`add_mayolact_config`) and the one loader of the tools (:func:`load_config`)."""
+"""Config keys (:func:`add_mayolact_config`) and the one loader of the tools
+(:func:`load_config`)."""
 from .config import (
     ConfigError,
     add_mayolact_config,

@@ -4,7 +4,6 @@ import math
 import os
 from typing import Dict, Sequence
 
-
 __all__ = [
     "add_mayolact_config",
     "ConfigError",
@@ -33,7 +32,8 @@ def add_mayolact_config(cfg):
     # ---------------------------------------------------------------- model
     _C.MODEL.YOLACT = CN()
     y = _C.MODEL.YOLACT
-    y.NUM_CLASSES = 0  # foreground classes (0: those of DATASETS.TRAIN); the classifier adds background
+    y.NUM_CLASSES = 0  # foreground classes (0: those of DATASETS.TRAIN); the classifier adds
+                       # background
     y.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]  # backbone levels the shared head runs on
     y.NUM_PROTOTYPES = 32  # k, the number of prototype masks (and of coefficients per anchor)
     y.HEAD_NUM_CONVS = 1  # shared 3x3 conv+ReLU layers before the cls / box / coefficient convs
@@ -68,8 +68,10 @@ def add_mayolact_config(cfg):
     y.SEMSEG_LOSS_WEIGHT = 1.0  # weight of the auxiliary semantic-segmentation loss
     y.MAX_MASKS_TRAIN = 100  # positives per image that train the mask branch (random subset)
 
-    # Inference (detections kept per image: Detectron2's TEST.DETECTIONS_PER_IMAGE, COCO's limit too).
-    y.TOPK_CANDIDATES_PER_LEVEL = 1000  # anchors kept per level (by max foreground score) before NMS
+    # Inference (detections kept per image: Detectron2's TEST.DETECTIONS_PER_IMAGE, COCO's limit
+    # too).
+    y.TOPK_CANDIDATES_PER_LEVEL = 1000  # anchors kept per level (by max foreground score) before
+                                        # NMS
     y.SCORE_THRESH_TEST = 0.05  # detections must score above this
     y.NMS_TYPE = "fast"  # "fast" (YOLACT's Fast NMS, class-wise) or "standard" (batched_nms)
     y.NMS_THRESH_TEST = 0.5  # IoU threshold of either NMS
@@ -84,12 +86,15 @@ def add_mayolact_config(cfg):
     y.CARAFE.ENCODER_DILATION = 1  # dilation of the content encoder
     y.CARAFE.COMPRESSED_CHANNELS = 64  # channels after the 1x1 channel compressor
 
-    # ResNet options beyond Detectron2's MODEL.RESNETS (which keeps depth, norm, stride, DCN stages).
+    # ResNet options beyond Detectron2's MODEL.RESNETS (which keeps depth, norm, stride, DCN
+    # stages).
     y.DEFORM_INTERVAL = 1  # in DCN stages, every n-th block is deformable (YOLACT++ R-101: 3)
-    y.RESNET_WIDTH_SCALE = 1.0  # multiplies every ResNet width (stem, bottleneck, output): CPU demos
+    y.RESNET_WIDTH_SCALE = 1.0  # multiplies every ResNet width (stem, bottleneck, output): CPU
+                                # demos
 
     # Loading MODEL.WEIGHTS.
-    y.WEIGHTS_SKIP_CLASS_LAYERS = False  # fine-tuning: class layers may be absent/other-sized in WEIGHTS
+    y.WEIGHTS_SKIP_CLASS_LAYERS = False  # fine-tuning: class layers may be absent/other-sized in
+                                         # WEIGHTS
 
     # ----------------------------------------------------------------- data
     _C.DATASETS.YOLACT = CN()
@@ -107,7 +112,8 @@ def add_mayolact_config(cfg):
     d.EXPAND_PROB = 0.5  # probability of the zoom-out (Expand) step
     d.EXPAND_RATIO = (1.0, 4.0)  # canvas-size ratio range of Expand
     d.MIN_IOU_CROP = True  # SSD min-IoU random crop
-    d.MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)  # IoU thresholds the crop draws from (plus 'none', 'any')
+    d.MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)  # IoU thresholds the crop draws from (plus 'none',
+                                            # 'any')
     d.MIN_CROP_SIZE = 0.3  # minimum crop side, relative to the image
     d.FLIP_PROB = 0.5  # horizontal flip probability
     d.INTEGRAL_IMAGES = True  # the train mapper emits per-instance integral images (for maIoU)
@@ -118,11 +124,16 @@ def add_mayolact_config(cfg):
     s = _C.SOLVER.YOLACT
     s.GLOBAL_CLIP_NORM = 35.0  # clip the global L2 norm of all gradients to this (0 disables)
     s.ITERS_PER_EPOCH = 0  # >0: step/cosine schedules change only at epoch boundaries (as mmdet)
-    s.OPTIMIZER = "SGD"  # "SGD" (the paper's, with SOLVER.MOMENTUM) or "AdamW" (from-scratch CPU runs)
-    s.OVERWRITE_CHECKPOINTS = False  # let a run without --resume start in an OUTPUT_DIR holding checkpoints
-    s.DIVERGENCE_FACTOR = 20.0  # stop when the total loss exceeds this times its recent median (0: off)
-    s.DIVERGENCE_WINDOW = 20  # iterations whose median total loss DIVERGENCE_FACTOR compares against
-    s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is empty
+    s.OPTIMIZER = "SGD"  # "SGD" (the paper's, with SOLVER.MOMENTUM) or "AdamW" (from-scratch CPU
+                         # runs)
+    s.OVERWRITE_CHECKPOINTS = False  # let a run without --resume start in an OUTPUT_DIR holding
+                                     # checkpoints
+    s.DIVERGENCE_FACTOR = 20.0  # stop when the total loss exceeds this times its recent median
+                                # (0: off)
+    s.DIVERGENCE_WINDOW = 20  # iterations whose median total loss DIVERGENCE_FACTOR compares
+                              # against
+    s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is
+                           # empty
 
 
     # ---------------------------------------------------------- evaluation
@@ -131,7 +142,8 @@ def add_mayolact_config(cfg):
     t.COCO_BACKEND = "auto"  # COCO AP backend: "pycocotools", "faster_coco_eval" or "auto"
     t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
-    t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float rounding)
+    t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float
+                        # rounding)
 
 
 def resolved_num_classes(cfg) -> int:

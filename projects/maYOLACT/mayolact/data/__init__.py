@@ -4,7 +4,15 @@ Importing this package registers the datasets (``coco_mini_train`` / ``coco_mini
 folder exists; see :mod:`mayolact.data.datasets`).
 """
 
-from . import datasets  # noqa: F401  (registration)
+from . import (
+    datasets,  # noqa: F401  (registration)
+    shapes,  # noqa: F401  (registers mayolact_shapes_train / _val)
+)
 from .augmentation import build_yolact_test_augmentation, build_yolact_train_augmentation
 from .dataset_mapper import YOLACTDatasetMapper
-from . import shapes  # noqa: F401  (registers mayolact_shapes_train / _val)
+
+__all__ = [
+    "build_yolact_test_augmentation",
+    "build_yolact_train_augmentation",
+    "YOLACTDatasetMapper",
+]

@@ -16,7 +16,8 @@ Training, per image:
 6. drop GTs whose mask became empty (see below) and emit ``Instances`` of size (S, S) with
    ``gt_boxes`` (the transformed annotation boxes, not recomputed from the masks), ``gt_classes``,
    ``gt_masks`` (``BitMasks``, bool) and, when ``INPUT.YOLACT.INTEGRAL_IMAGES``,
-   ``gt_integral_images`` (:func:`mayolact.structures.integral_image.integral_images` of the final masks).
+   ``gt_integral_images`` (:func:`mayolact.structures.integral_image.integral_images` of the final
+   masks).
 
 Empty masks: the official code keeps GTs whose mask vanished (under the nearest down-scaling or
 the crop); maIoU then gives them no positive anchors (docs/official_implementation.md §6.4,
@@ -45,13 +46,13 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
+from mayolact.config.config import resolved_num_classes
 from mayolact.data.augmentation import (
     YOLACTAugInput,
     build_yolact_test_augmentation,
     build_yolact_train_augmentation,
     filter_small_gts,
 )
-from mayolact.config.config import resolved_num_classes
 from mayolact.structures.integral_image import integral_images
 
 __all__ = [

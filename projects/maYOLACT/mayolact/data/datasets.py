@@ -176,7 +176,8 @@ def dataset_arguments(values: Sequence[str], image_root: Optional[str] = None) -
     names = []
     for value in values:
         value = str(value)
-        if value in DatasetCatalog.list() or not (value.endswith(".json") and os.path.isfile(value)):
+        if value in DatasetCatalog.list() or not (value.endswith(".json")
+                                                  and os.path.isfile(value)):
             names.append(value)
             continue
         root = os.path.abspath(image_root or os.path.dirname(value) or ".")
@@ -206,7 +207,8 @@ def read_coco_categories(json_file: str) -> Tuple[List[str], Dict[int, int]]:
         if not (isinstance(c, dict) and isinstance(c.get("id"), int)
                 and isinstance(c.get("name"), str)):
             raise ValueError(
-                f"{json_file}: categories[{i}] needs an integer 'id' and a string 'name', got {c!r}")
+                f"{json_file}: categories[{i}] needs an integer 'id' and a string 'name', "
+                f"got {c!r}")
     ids = sorted({c["id"] for c in categories})
     if len(ids) != len(categories):
         raise ValueError(f"{json_file}: 'categories' repeats an id")
@@ -226,7 +228,8 @@ def dataset_metadata(name: str):
             registered names closest to it).
     """
     if name not in DatasetCatalog.list():
-        if name in MetadataCatalog.list() and "thing_classes" in MetadataCatalog.get(name).as_dict():
+        if (name in MetadataCatalog.list()
+                and "thing_classes" in MetadataCatalog.get(name).as_dict()):
             return MetadataCatalog.get(name)
         close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

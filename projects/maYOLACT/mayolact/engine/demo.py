@@ -10,15 +10,14 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import tqdm
-
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from mayolact.utils.file_io import atomic_path, write_image_atomic
 from mayolact.data.datasets import dataset_metadata
 from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.utils.file_io import atomic_path, write_image_atomic
 
 __all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file"]
 

@@ -1,7 +1,7 @@
 """Training that survives faults: divergence, pre-emption, a dead launcher, a resumed data stream.
 
-Hooks of :class:`mayolact.engine.trainer.Trainer` (Detectron2 ``HookBase``), in the order they run after
-each iteration on the main process:
+Hooks of :class:`mayolact.engine.trainer.Trainer` (Detectron2 ``HookBase``), in the order they run
+after each iteration on the main process:
 
 1. :class:`DivergenceGuard` stops with :class:`TrainingDiverged` when the total loss exceeds
    ``SOLVER.YOLACT.DIVERGENCE_FACTOR`` times its median over the previous
@@ -33,7 +33,6 @@ import time
 from typing import List, Optional
 
 import torch
-
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 

@@ -4,7 +4,6 @@ from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import torch
-
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
@@ -28,9 +27,10 @@ class YOLACTPredictor(DefaultPredictor):
       outputs are at the original image size;
     * a list of images runs as ONE batch through the model (all are S x S after the resize), with
       the same per-image results as one at a time, up to float rounding;
-    * weights load through :class:`mayolact.checkpoint.checkpointer.YOLACTCheckpointer` (foreign formats too);
-    * ``TEST.YOLACT.OPTIMIZE`` applies :func:`mayolact.export.optimize.optimize_for_inference` (folded
-      batch norms, channels-last); inference runs under ``torch.inference_mode``.
+    * weights load through :class:`mayolact.checkpoint.checkpointer.YOLACTCheckpointer` (foreign
+      formats too);
+    * ``TEST.YOLACT.OPTIMIZE`` applies :func:`mayolact.export.optimize.optimize_for_inference`
+      (folded batch norms, channels-last); inference runs under ``torch.inference_mode``.
 
     Example::
 

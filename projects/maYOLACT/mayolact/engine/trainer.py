@@ -1,4 +1,5 @@
-"""Training glue on top of Detectron2's ``DefaultTrainer``: optimizer, schedules, loaders, evaluators.
+"""Training glue on top of Detectron2's ``DefaultTrainer``: optimizer, schedules, loaders,
+evaluators.
 
 Only the pieces where YOLACT's recipe differs from Detectron2's defaults are written here:
 
@@ -19,11 +20,9 @@ import os
 import weakref
 from unittest import mock
 
+import detectron2.engine.defaults as d2_defaults
 import numpy as np
 import torch
-from fvcore.common.param_scheduler import ParamScheduler
-
-import detectron2.engine.defaults as d2_defaults
 from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
@@ -35,6 +34,7 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from fvcore.common.param_scheduler import ParamScheduler
 
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.config.config import resolved_num_classes
@@ -132,13 +132,14 @@ class EpochCosineParamScheduler(ParamScheduler):
         it = where * self._max_iter
         epoch = math.floor(it / self._ipe + 1e-9)
         num_epochs = self._max_iter / self._ipe
-        return self._end + 0.5 * (self._start - self._end) * (1 + math.cos(math.pi * epoch / num_epochs))
+        return (self._end
+                + 0.5 * (self._start - self._end) * (1 + math.cos(math.pi * epoch / num_epochs)))
 
 
 def build_yolact_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer of ``SOLVER.YOLACT.OPTIMIZER`` with the global-norm clip of
-    ``SOLVER.YOLACT.GLOBAL_CLIP_NORM`` and weight decay as configured (the YOLACT configs decay every
-    parameter).
+    ``SOLVER.YOLACT.GLOBAL_CLIP_NORM`` and weight decay as configured (the YOLACT configs decay
+    every parameter).
 
     ``"SGD"`` (the paper's): ``SOLVER.MOMENTUM`` and ``SOLVER.NESTEROV`` apply. ``"AdamW"``: betas
     (0.9, 0.999), and ``SOLVER.WEIGHT_DECAY`` is AdamW's decoupled decay.
@@ -216,10 +217,11 @@ def resolve_lr_steps(cfg) -> tuple:
 
 
 def build_yolact_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
-    """Detectron2's schedulers, except that ``WarmupCosineLR`` with ``SOLVER.YOLACT.ITERS_PER_EPOCH``
-    > 0 steps the cosine per epoch (as mmdet's by-epoch policy). Multi-step milestones come from
-    :func:`resolve_lr_steps`: ``SOLVER.STEPS`` in iterations (the COCO configs put them on epoch
-    boundaries) or ``SOLVER.YOLACT.RELATIVE_STEPS`` in fractions of ``SOLVER.MAX_ITER``."""
+    """Detectron2's schedulers, except that ``WarmupCosineLR`` with
+    ``SOLVER.YOLACT.ITERS_PER_EPOCH`` > 0 steps the cosine per epoch (as mmdet's by-epoch policy).
+    Multi-step milestones come from :func:`resolve_lr_steps`: ``SOLVER.STEPS`` in iterations (the
+    COCO configs put them on epoch boundaries) or ``SOLVER.YOLACT.RELATIVE_STEPS`` in fractions of
+    ``SOLVER.MAX_ITER``."""
     ipe = cfg.SOLVER.YOLACT.ITERS_PER_EPOCH
     if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
         steps = resolve_lr_steps(cfg)
@@ -244,24 +246,28 @@ def build_yolact_lr_scheduler(cfg, optimizer: torch.optim.Optimizer):
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's ``DefaultTrainer`` with YOLACT's data mapper, optimizer, schedule and evaluators.
+    """Detectron2's ``DefaultTrainer`` with YOLACT's data mapper, optimizer, schedule and
+    evaluators.
 
     Multi-process training on CPU (``--num-gpus N`` without GPUs, gloo backend) works too:
-    Detectron2 wraps the model with ``device_ids=[local_rank]``, which CPU ``DistributedDataParallel``
-    rejects, so for a CPU model the wrapper is created with ``device_ids=None``.
+    Detectron2 wraps the model with ``device_ids=[local_rank]``, which CPU
+    ``DistributedDataParallel`` rejects, so for a CPU model the wrapper is created with
+    ``device_ids=None``.
 
     Subclasses that evaluate by themselves after training set ``eval_after_train = False``: then
     no ``EvalHook`` is registered and the test set is not run twice.
 
     Faults (see :mod:`mayolact.engine.hooks` and README, "What survives what"): starting without
-    ``resume`` over another run's checkpoints stops (:func:`mayolact.engine.checks.check_output_dir`);
-    resuming continues the sampler's stream and reseeds the augmentations by iteration;
+    ``resume`` over another run's checkpoints stops
+    (:func:`mayolact.engine.checks.check_output_dir`); resuming continues the sampler's stream and
+    reseeds the augmentations by iteration;
     Detectron2's ``PeriodicCheckpointer`` becomes a :class:`StagedPeriodicCheckpointer` behind a
     :class:`DivergenceGuard`; a :class:`GracefulStop` saves and exits on SIGTERM / SIGINT; workers
     of a multi-process run watch their launcher.
     """
 
-    #: Register Detectron2's ``EvalHook`` (evaluation every ``TEST.EVAL_PERIOD`` and after training).
+    #: Register Detectron2's ``EvalHook`` (evaluation every ``TEST.EVAL_PERIOD`` and after
+    #: training).
     eval_after_train = True
 
     def __init__(self, cfg):
@@ -275,9 +281,10 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
 
     def build_checkpointer(self) -> YOLACTCheckpointer:
-        """:class:`~mayolact.checkpoint.checkpointer.YOLACTCheckpointer` of the trained model, saving to
-        ``OUTPUT_DIR`` with the trainer's state, as ``DefaultTrainer``'s checkpointer does; it loads
-        ``MODEL.WEIGHTS`` in any format it recognises (torchvision, mmdetection, Detectron2)."""
+        """:class:`~mayolact.checkpoint.checkpointer.YOLACTCheckpointer` of the trained model,
+        saving to ``OUTPUT_DIR`` with the trainer's state, as ``DefaultTrainer``'s checkpointer
+        does; it loads ``MODEL.WEIGHTS`` in any format it recognises (torchvision, mmdetection,
+        Detectron2)."""
         return YOLACTCheckpointer.from_config(
             self.cfg, self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
@@ -330,8 +337,8 @@ class Trainer(DefaultTrainer):
         continues the sampler's stream and reseeds the random augmentations by iteration.
 
         Raises:
-            mayolact.engine.checks.PreflightError: ``resume`` is False and ``OUTPUT_DIR`` holds another
-                run's checkpoints (unless ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS``).
+            mayolact.engine.checks.PreflightError: ``resume`` is False and ``OUTPUT_DIR`` holds
+                another run's checkpoints (unless ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS``).
         """
         check_output_dir(self.cfg, resume)
         if comm.is_main_process() and hasattr(self.checkpointer, "remove_partial_saves"):

@@ -26,12 +26,11 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOevalMaxDets
 from detectron2.utils.file_io import PathManager
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from mayolact.utils.file_io import write_json_atomic  # re-exported: the evaluators write through it
 
@@ -72,7 +71,8 @@ def check_tasks(tasks: Sequence[str], what: str = "COCO") -> tuple:
     tasks = tuple(tasks)
     bad = [t for t in tasks if t not in SUPPORTED_TASKS]
     if bad:
-        raise ValueError(f"Unsupported {what} task(s) {bad}; expected a subset of {SUPPORTED_TASKS}")
+        raise ValueError(f"Unsupported {what} task(s) {bad}; "
+                         f"expected a subset of {SUPPORTED_TASKS}")
     return tasks
 
 

@@ -37,18 +37,17 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
-from torch.onnx.symbolic_helper import parse_args
-
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.export import TracingAdapter
 from detectron2.structures import Boxes, Instances
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.onnx.symbolic_helper import parse_args
 
 from mayolact.data.augmentation import build_yolact_test_augmentation
-from mayolact.utils.file_io import atomic_open
 from mayolact.engine.predictor import YOLACTPredictor
+from mayolact.utils.file_io import atomic_open
 
 __all__ = [
     "EXPORT_FORMATS",

@@ -7,8 +7,9 @@ rounding (about 1e-6 relative on the network's outputs), not by the model's mean
   after a convolution is the per-channel affine map ``y = x * s + b`` with
   ``s = weight / sqrt(running_var + eps)`` and ``b = bias - running_mean * s``; it is folded into
   the convolution (``W' = W * s``, ``b' = b_conv * s + b``), which removes one full pass over every
-  ResNet activation. Detectron2's ``Conv2d`` and :class:`mayolact.modeling.backbone.ModulatedDeformConv2d`
-  (DCNv2 is linear in its weight as well) carry their norm in ``.norm``; it becomes None.
+  ResNet activation. Detectron2's ``Conv2d`` and
+  :class:`mayolact.modeling.backbone.ModulatedDeformConv2d` (DCNv2 is linear in its weight as
+  well) carry their norm in ``.norm``; it becomes None.
 * **Channels-last.** Convolution weights in NHWC order make PyTorch's CPU convolutions (oneDNN)
   run NHWC end to end, without the reorders of its NCHW path; the model's ops accept either layout.
 
@@ -18,9 +19,8 @@ rounding (about 1e-6 relative on the network's outputs), not by the model's mean
 import logging
 
 import torch
-from torch import nn
-
 from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
 
 __all__ = ["fold_batch_norms", "optimize_for_inference"]
 

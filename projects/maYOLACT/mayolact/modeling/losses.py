@@ -23,11 +23,10 @@ ground truths at all (``0 * sum(inputs)``), so DDP sees every parameter used.
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
 from fvcore.nn import smooth_l1_loss
 from torch import Tensor
 from torch.nn import functional as F
-
-from detectron2.modeling.box_regression import Box2BoxTransform
 
 from mayolact.modeling.postprocessing import box_crop_region
 

@@ -83,7 +83,8 @@ def _empty_result(num_anchors: int, device: torch.device):
 ANCHOR_MATCHER_REGISTRY = Registry("ANCHOR_MATCHER")
 ANCHOR_MATCHER_REGISTRY.__doc__ = """
 Registry for anchor matchers: subclasses of :class:`AnchorMatcher` named ``<Name>Matcher``, built
-from a config as ``cls(cfg)`` (``@configurable``) and selected by ``MODEL.YOLACT.MATCHER = "<Name>"``.
+from a config as ``cls(cfg)`` (``@configurable``) and selected by
+``MODEL.YOLACT.MATCHER = "<Name>"``.
 
 Call contract (see :class:`AnchorMatcher`), for the anchors of one image:
 
@@ -94,7 +95,8 @@ Call contract (see :class:`AnchorMatcher`), for the anchors of one image:
 * ``gt_boxes``: Boxes or (G, 4) tensor of the image's GT boxes.
 * ``integral_masks``, ``gt_masks``: the GT masks as integral images and as (G, H, W) bitmaps; the
   model passes both when ``matcher.needs_masks`` is True and neither otherwise.
-* ``matches``: int64 (R,), the GT of each anchor; meaningful only where the label is 1 (0 elsewhere).
+* ``matches``: int64 (R,), the GT of each anchor; meaningful only where the label is 1 (0
+  elsewhere).
 * ``match_labels``: int8 (R,), 1 positive, 0 negative, -1 ignored.
 """
 
@@ -148,9 +150,9 @@ class ATSSMatcher(AnchorMatcher):
           value is NaN in the official code, so its threshold is NaN and it gets no positives.
           Here the threshold is +inf, with the same result and no warning.
         * ``quality="maiou"``: a GT with an empty mask gets no positives. Its maIoU row is 0
-          (:mod:`mayolact.structures.maiou`'s convention), which alone would make every candidate reach the
-          threshold 0; the official code gets NaN maIoU, a NaN threshold and so no positives,
-          and this rule gives the same assignment.
+          (:mod:`mayolact.structures.maiou`'s convention), which alone would make every candidate
+          reach the threshold 0; the official code gets NaN maIoU, a NaN threshold and so no
+          positives, and this rule gives the same assignment.
         * ties in centre distance (e.g. the two anchors of one location in maYOLACT) are broken
           by ``torch.topk``, as in the official code.
     """

@@ -15,11 +15,10 @@ along with the boxes, then resized straight to the output size and thresholded h
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
-from torch.nn import functional as F
-
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
+from torch import Tensor
+from torch.nn import functional as F
 
 from mayolact.structures.box_ops import paired_iou
 

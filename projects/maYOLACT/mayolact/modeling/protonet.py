@@ -9,11 +9,10 @@ Shape shorthand:
     k: prototypes (32).
     K: foreground classes.
 """
-from torch import Tensor, nn
-from torch.nn import functional as F
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mayolact.modeling.weight_init import xavier_init_convs
 

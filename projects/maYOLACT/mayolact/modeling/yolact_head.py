@@ -13,11 +13,10 @@ Shape shorthand:
 from typing import List, Tuple
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
+from torch import Tensor, nn
 
 from mayolact.modeling.weight_init import xavier_init_convs
 

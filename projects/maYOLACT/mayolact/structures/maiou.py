@@ -10,8 +10,9 @@ maIoU between a ground truth (box B, mask M) and an anchor Â
 and maIoU = 0 wherever the ordinary box IoU is 0. The mask count uses the anchor rounded half to
 even (``torch.round``) and clipped to the image; a pixel (r, c) covers [c, c+1) x [r, r+1), so an
 integer box (x1, y1, x2, y2) covers columns x1..x2-1 and rows y1..y2-1. Counts come from integral
-images (:meth:`mayolact.structures.integral_image.IntegralImages.box_counts`, whose lookup constants are built
-with the structure, in the data loader), four reads per pair, with no loop over GTs or anchors.
+images (:meth:`mayolact.structures.integral_image.IntegralImages.box_counts`, whose lookup constants
+are built with the structure, in the data loader), four reads per pair, with no loop over GTs or
+anchors.
 
 One kernel, :func:`paired_maiou`, computes maIoU everywhere: :func:`pairwise_maiou` (all pairs,
 in chunks), the ATSS matcher (its G x C candidates) and, through :func:`pairwise_maiou`, the
@@ -20,8 +21,8 @@ row of Table 3): it counts mask pixels directly and shares only the definition w
 
 **Empty masks.** maIoU is 0 for a GT whose mask is empty (MOB = 0), never NaN. The official code
 divides 0 by MOB = 0 and gets NaN, whose NaN ATSS threshold gives such a GT no positives; the
-matcher states that rule explicitly (:class:`mayolact.modeling.matchers.ATSSMatcher`), so assignments are
-the official ones.
+matcher states that rule explicitly (:class:`mayolact.modeling.matchers.ATSSMatcher`), so
+assignments are the official ones.
 
 Box measures (IoU, GIoU, DIoU, the eps-clamped union) live in :mod:`mayolact.structures.box_ops`.
 

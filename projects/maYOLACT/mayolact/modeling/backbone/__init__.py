@@ -5,7 +5,7 @@ and ``build_yolact_resnet_carafe_fpn_backbone`` in Detectron2's ``BACKBONE_REGIS
 """
 from .carafe import CARAFEUpsample, carafe
 from .carafe_fpn import CARAFEFPN, build_yolact_resnet_carafe_fpn_backbone
-from .fpn import LastLevelP6P7NoReLU, YOLACTFPN, build_yolact_resnet_fpn_backbone
+from .fpn import YOLACTFPN, LastLevelP6P7NoReLU, build_yolact_resnet_fpn_backbone
 from .resnet import ModulatedDeformBottleneck, ModulatedDeformConv2d, build_mayolact_resnet
 
 __all__ = [

@@ -20,9 +20,8 @@ Shapes: N images, C channels, (h, w) input size, s scale factor, k reassembly ke
 """
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.config import configurable
+from torch import nn
 
 __all__ = ["carafe", "CARAFEUpsample"]
 

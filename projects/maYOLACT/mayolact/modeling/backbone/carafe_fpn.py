@@ -20,7 +20,6 @@ import math
 from typing import Dict, List, Optional
 
 import torch
-
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
@@ -110,8 +109,8 @@ class CARAFEFPN(NoPaddingMixin, FPN):
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Same contract as :meth:`mayolact.modeling.backbone.fpn.YOLACTFPN.forward`: images (N, C, H, W)
-        of any size in, ``p3``..``p7`` of shape (N, out_channels, h, w) out."""
+        """Same contract as :meth:`mayolact.modeling.backbone.fpn.YOLACTFPN.forward`: images
+        (N, C, H, W) of any size in, ``p3``..``p7`` of shape (N, out_channels, h, w) out."""
         feats = self.bottom_up(x)
         n_in = len(self.in_features)
         lats = [conv(feats[f]) for conv, f in zip(self.level_lateral_convs, self.in_features)]

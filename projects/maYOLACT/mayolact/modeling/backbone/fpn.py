@@ -18,12 +18,11 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from torch import nn
 
 from mayolact.modeling.weight_init import xavier_init_convs
 

@@ -16,13 +16,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import weight_init
-from torch import nn
-from torchvision.ops import deform_conv2d
-
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
+from fvcore.nn import weight_init
+from torch import nn
+from torchvision.ops import deform_conv2d
 
 __all__ = [
     "ModulatedDeformConv2d",

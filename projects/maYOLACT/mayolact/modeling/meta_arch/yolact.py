@@ -14,14 +14,12 @@ loss with GT-box crops, and the auxiliary semantic loss.
 
 Inference (docs/official_implementation.md §9, "Inference"): softmax, per-level top-k by max
 foreground score, decode (dw, dh clamped on both sides, boxes clipped to the input), Fast NMS (or
-batched NMS), then full-image masks through ``mayolact.modeling.postprocessing.yolact_postprocess`` (never
-Detectron2's ROI-mask path).
+batched NMS), then full-image masks through ``mayolact.modeling.postprocessing.yolact_postprocess``
+(never Detectron2's ROI-mask path).
 """
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
-
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -30,9 +28,9 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
 
 from mayolact.config.config import resolved_num_classes
-from mayolact.modeling.yolact_head import YOLACTHead
 from mayolact.modeling.losses import (
     ohem_selection,
     ohem_softmax_cross_entropy,
@@ -43,9 +41,10 @@ from mayolact.modeling.losses import (
 )
 from mayolact.modeling.matchers import build_anchor_matcher
 from mayolact.modeling.postprocessing import fast_nms, yolact_postprocess
-from mayolact.utils.profiling import stage
 from mayolact.modeling.protonet import ProtoNet, SemanticSegHead
+from mayolact.modeling.yolact_head import YOLACTHead
 from mayolact.structures.integral_image import integral_images
+from mayolact.utils.profiling import stage
 
 __all__ = ["YOLACT"]
 
@@ -109,8 +108,8 @@ class YOLACT(DenseDetector):
             head_in_features: backbone outputs the head runs on, e.g. ["p3", ..., "p7"].
             anchor_generator: gives per-level anchors in the head's (y, x, a) order.
             box2box_transform: the box coder, weights (10, 10, 5, 5).
-            anchor_matcher: an :class:`mayolact.modeling.matchers.AnchorMatcher` (the call contract of
-                ``ANCHOR_MATCHER_REGISTRY``); the GT masks are passed when its ``needs_masks``.
+            anchor_matcher: an :class:`mayolact.modeling.matchers.AnchorMatcher` (the call contract
+                of ``ANCHOR_MATCHER_REGISTRY``); the GT masks are passed when its ``needs_masks``.
             protonet: prototypes from ``proto_in_feature``.
             proto_in_feature: backbone output of the protonet and the semantic head ("p3").
             semseg_head: training-only semantic head, or None.
