@@ -89,7 +89,7 @@ def main(argv=None):
           f"({len(state)} model tensors + optimizer state), median of {args.repeats}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"| {'step':<32} | {'seconds':>8} | {'x torch.load':>12} |")
-    print(f"|{'-' * 34}|{'-' * 10}:|{'-' * 13}:|")
+    print(f"|{'-' * 34}|{'-' * 9}:|{'-' * 13}:|")
     for name, seconds in rows:
         print(f"| {name:<32} | {seconds:>8.3f} | {seconds / base:>12.2f} |")
     return rows
