@@ -117,7 +117,7 @@ def _torch_safe_globals():
     """``torch.load(weights_only=True)`` with :data:`SAFE_GLOBALS` allowed too (under every name a
     file may use for them)."""
     allowed = [(source(), name) for name, source in _SAFE_SOURCES.items()
-               if name != "collections.OrderedDict"]  # torch allows it already
+               if name not in ("collections.OrderedDict", "_codecs.encode")]  # torch's own
     # A pickled dtype is built as an instance of its class (numpy 2: numpy.dtypes.Float32DType,
     # ...), which torch's BUILD checks against the allowed globals.
     allowed += sorted({type(np.dtype(c)) for c in np.typecodes["All"]} - {np.dtype}, key=str)

@@ -171,7 +171,8 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
     :meth:`YOLACTCheckpointer.stage`) and renamed at ``i + 1``, once the hooks before this one
     (:class:`DivergenceGuard`) have passed that loss; when the run diverges instead, the file is
     dropped. ``model_final`` and the checkpoint of a stop have no next iteration: they are written
-    at once, after a check that every weight is finite.
+    at once, after a check that every weight is finite. A checkpoint that cannot be written (a
+    full disk) stops the run with one error line naming it (:class:`CheckpointNotWritten`).
 
     Args:
         checkpointer (YOLACTCheckpointer): saves the model and the trainer's state.
