@@ -5,14 +5,18 @@ The session's environment (conftest.py) points ``$MAYOLACT_CACHE`` at a temporar
 shrinks the built-in shapes sets (``mayolact_shapes_train`` 8 images, ``mayolact_shapes_val`` 4),
 so no test writes to the user's cache or generates the full sets.
 """
+import contextlib
+import logging
 import os
 import runpy
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Sequence
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +122,25 @@ def tool_env(tmp_path, **overrides) -> Dict[str, str]:
     return env
 
 
+def session_env(tmp_path):
+    """A subprocess environment whose built-in shapes sets are this session's (same cache, same
+    sizes), so that a run started there can be resumed here."""
+    return tool_env(tmp_path, MAYOLACT_CACHE=os.environ["MAYOLACT_CACHE"], **SESSION_SHAPES)
+
+
+def wait_for(predicate, timeout, what, proc=None):
+    """Poll ``predicate`` every 0.2 s; fail naming ``what`` after ``timeout`` seconds, or as soon
+    as ``proc`` (a Popen) has exited."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process exited ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
 def run_tool(name: str, args: Sequence, tmp_path, timeout: float = 300,
              **env) -> subprocess.CompletedProcess:
     """``python tools/<name>.py args`` in ``tmp_path`` with :func:`tool_env`; output captured."""
@@ -136,3 +159,34 @@ def register_tiny_shapes(name: str, num_images: int, size: int, seed: int, cache
     if name not in DatasetCatalog.list():
         register_shapes(name, num_images, size, seed, cache_root=str(cache_root))
     return name
+
+
+# ------------------------------------------------------------------------------ logging
+class ListHandler(logging.Handler):
+    """Keeps the messages of a logger (Detectron2's setup makes some loggers stop propagating,
+    which caplog relies on)."""
+
+    def __init__(self, records):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged(*names):
+    """The messages (INFO and up) of the loggers ``names`` while the block runs."""
+    records = []
+    handler = ListHandler(records)
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)

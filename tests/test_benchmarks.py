@@ -36,3 +36,14 @@ def test_fast_nms_benchmark_checks_and_prints(capsys):
     main(["--sets", "1", "--repeats", "1", "--background", "5"])
     out = capsys.readouterr().out
     assert "| 0 |" in out and "same detections, bit for bit" in out
+
+
+def test_weights_load_benchmark_prints_the_table(capsys):
+    from benchmark_weights_load import main
+
+    rows = main(["--config-file", str(QUICK), "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert [name for name, _ in rows] == [
+        "torch.load(weights_only=True)", "CRC-32 of every member", "finiteness of every tensor",
+        "load_weights_file (all of it)"]
+    assert "| CRC-32 of every member" in out and "MB checkpoint" in out

@@ -20,11 +20,16 @@ Examples::
     python tools/convert_weights.py mmdet mayolact_550.pth weights/mayolact_R_50_FPN_550.pth \\
         --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
 
+Config overrides (``KEY VALUE ...``) of ``mmdet`` follow DST or ``--config-file CFG``. Every file is
+read without running code from it (``mayolact.checkpoint.weights_file``); ``DST`` is written
+atomically (nothing is left behind when a conversion fails).
+
 Exit status: 0 on success, 2 when a file or the config is missing, unreadable or does not match (the
 message names the file and the problem).
 """
 import argparse
 import logging
+import os
 import sys
 
 # The conversion modules (torch, Detectron2) are imported where they are used: --help needs none.
@@ -69,8 +74,10 @@ def convert_mmdet(args) -> None:
         save_converted_checkpoint,
     )
     from mayolact.config import load_config
+    from mayolact.engine.checks import check_config
 
     cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", *args.opts])
+    check_config(cfg, train=False)
     model = build_model(cfg)
     loaded = YOLACTCheckpointer.from_config(cfg, model).load(args.src)
     if loaded.get("__author__") != MMDET_AUTHOR:
@@ -92,22 +99,35 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("dst", help="output checkpoint (.pth)")
     mm.add_argument("--config-file", required=True, help="the maYOLACT config the model matches")
     # "*" rather than REMAINDER, so that `mmdet SRC DST --config-file CFG` parses (REMAINDER would
-    # swallow the option); overrides then follow DST: `mmdet --config-file CFG SRC DST KEY VALUE`.
-    mm.add_argument("opts", nargs="*", help="config overrides (KEY VALUE ...), after DST")
+    # swallow the option); overrides after the option are collected by main().
+    mm.add_argument("opts", nargs="*",
+                    help="config overrides (KEY VALUE ...), after DST or after --config-file CFG")
     mm.set_defaults(run=convert_mmdet)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `mmdet SRC DST --config-file CFG KEY VALUE`: argparse fills SRC DST [opts] before the option,
+    # so the overrides after it come back as extra words.
+    args, extra = parser.parse_known_args(argv)
+    options = [w for w in extra if w.startswith("--")]
+    if options or (extra and args.source != "mmdet"):
+        parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+    if extra:
+        args.opts = list(args.opts) + extra
+    if os.path.isdir(args.dst):  # before any conversion: nothing would be written
+        print(f"error: DST {args.dst} is a folder; give the file to write", file=sys.stderr)
+        return 2
     from mayolact.checkpoint.checkpointer import CheckpointError
     from mayolact.config import ConfigError
+    from mayolact.engine.checks import PreflightError
     from mayolact.utils.logger import setup_logging
 
     setup_logging(with_detectron2=True)
     try:
         args.run(args)
-    except (CheckpointError, ConfigError, OSError) as e:
+    except (CheckpointError, ConfigError, PreflightError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # once: the log would repeat it
         return 2
     return 0

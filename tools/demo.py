@@ -16,7 +16,9 @@ Examples::
         --output output/vis  # tools/export_model.py's model
 
 Exit status: 0 when every input was drawn; 1 when an input is missing or some images could not be
-read (each is named on stderr; the others are drawn); 2 for a bad config or output path.
+read (each is named on stderr; the others are drawn); 2 for a bad config or output path, or a
+weights file that cannot be used (unreadable, damaged, holding code, or leaving the heads
+untrained: backbone-only ImageNet weights draw random detections).
 """
 import argparse
 import os
@@ -48,8 +50,14 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # After parsing: --help and usage errors need none of these.
-    from mayolact.config import ConfigError, load_config
-    from mayolact.engine.checks import PreflightError, check_datasets_registered, check_writable
+    from mayolact.checkpoint import CheckpointError
+    from mayolact.config import ConfigError, load_config, take_overrides
+    from mayolact.engine.checks import (
+        PreflightError,
+        check_config,
+        check_datasets_registered,
+        check_writable,
+    )
     from mayolact.engine.demo import Demo, expand_inputs
     from mayolact.utils.logger import setup_logging
 
@@ -57,9 +65,13 @@ def main(argv=None):
     if not args.input and not args.video_input:
         print("error: give --input or --video-input", file=sys.stderr)
         return 2
+    if args.input:  # `--input a.jpg KEY VALUE`: the overrides go back to opts
+        args.input, args.opts = take_overrides(args.input, args.opts)
     try:
         cfg = load_config(args.config_file, args.opts)
-    except ConfigError as e:
+        if not args.exported:
+            check_config(cfg, train=False)
+    except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg.freeze()
@@ -94,7 +106,11 @@ def main(argv=None):
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    demo = Demo(cfg, args.metadata, args.confidence_threshold, predictor=predictor)
+    try:
+        demo = Demo(cfg, args.metadata, args.confidence_threshold, predictor=predictor)
+    except (CheckpointError, FileNotFoundError) as e:  # MODEL.WEIGHTS, named in the message
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     if args.video_input:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

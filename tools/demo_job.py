@@ -38,6 +38,7 @@ def main(argv=None):
     from mayolact.config import ConfigError, load_config
     from mayolact.engine import Trainer
     from mayolact.engine.demo import Demo
+    from mayolact.engine.run_lock import RunLock, RunLockError
     from mayolact.utils.file_io import write_json_atomic
     from mayolact.utils.logger import default_setup
 
@@ -55,6 +56,14 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg.freeze()
+    if not args.eval_only:
+        # One run per folder, before anything is written there: a second demo into the same
+        # --output stops, naming this one. Held until the process ends (the kernel releases it).
+        try:
+            _held = RunLock(cfg.OUTPUT_DIR).acquire()  # noqa: F841  (held, not used)
+        except RunLockError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     # Detectron2's setup and the project's loggers: one log.txt with the oLRP tables too.
     default_setup(cfg, argparse.Namespace(config_file=args.config_file, opts=args.opts,
                                           eval_only=False))
@@ -64,7 +73,8 @@ def main(argv=None):
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        YOLACTCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS or final)
+        YOLACTCheckpointer.from_config(cfg, model, inference=True).load(
+            cfg.MODEL.WEIGHTS or final)
     else:
         for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
             logger.info("dataset %s: %d images", name, len(DatasetCatalog.get(name)))

@@ -16,6 +16,10 @@ Examples::
         --sample-image ../shared/data/coco_mini/val2017/000000000139.jpg --output output/export
     python tools/demo.py --config-file <cfg> --exported output/export/model.onnx --input image.jpg \
         --output output/vis
+
+Config overrides (``KEY VALUE ...``) may follow any option, ``--format`` included. Exit status: 0
+when written; 1 when the sample image cannot be read; 2 for a bad config or a weights file that
+cannot be used (unreadable, damaged, holding code, or leaving the heads untrained).
 """
 import argparse
 import os
@@ -26,16 +30,28 @@ import sys
 FORMATS = ("onnx", "torchscript")
 
 
+def _count_or_word(text):
+    """``--check``'s value: a count, or the first word of the overrides (``--check KEY VALUE``),
+    which main() gives back to them."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def get_parser():
     parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.")
     parser.add_argument("--config-file", required=True, metavar="FILE",
                         help="path to a config file")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
+    # No `choices`: nargs="+" also takes the KEY VALUE overrides that may follow (main() gives
+    # them back), and the formats are checked there.
+    parser.add_argument("--format", nargs="+", default=list(FORMATS),
+                        metavar="{" + ",".join(FORMATS) + "}",
                         help="output formats (default: both)")
     parser.add_argument("--sample-image", default=None,
                         help="image to trace with (default: the first image of DATASETS.TEST[0])")
     parser.add_argument("--output", required=True, help="output folder for model.ts / model.onnx")
-    parser.add_argument("--check", nargs="?", type=int, const=1, default=0, metavar="N",
+    parser.add_argument("--check", nargs="?", type=_count_or_word, const=1, default=0, metavar="N",
                         help="compare the exported models, and the eager model in float64, with "
                              "the eager model on N images (default 1): the sample image and the "
                              "next ones of its folder")
@@ -59,14 +75,17 @@ def sample_image_path(cfg, sample_image):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     # Heavy imports after the parse, so that --help answers at once.
     import copy
 
     import torch
     from detectron2.data.detection_utils import read_image
 
-    from mayolact.config import ConfigError, load_config
+    from mayolact.checkpoint import CheckpointError
+    from mayolact.config import ConfigError, load_config, take_overrides
+    from mayolact.engine.checks import PreflightError, check_config
     from mayolact.engine.demo import expand_inputs
     from mayolact.engine.predictor import YOLACTPredictor
     from mayolact.export.exporter import (
@@ -78,11 +97,20 @@ def main(argv=None):
     )
     from mayolact.utils.logger import setup_logging
 
+    # `--format onnx KEY VALUE` and `--check KEY VALUE`: the overrides go back to opts.
+    if isinstance(args.check, str):
+        args.opts, args.check = [args.check] + list(args.opts), 1
+    args.format, args.opts = take_overrides(args.format, args.opts)
+    unknown = [f for f in args.format if f not in FORMATS] or ([] if args.format else ["none"])
+    if unknown:
+        parser.error(f"argument --format: invalid choice: {unknown[0]!r} (choose from "
+                     f"{', '.join(FORMATS)})")
     logger = setup_logging(with_detectron2=True)  # Detectron2's format for every line
     try:
         # Exports are traced on the CPU: the graphs keep the tracing device in their constants.
         cfg = load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
-    except ConfigError as e:
+        check_config(cfg, train=False)
+    except (ConfigError, PreflightError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cfg.freeze()
@@ -93,7 +121,11 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    predictor = YOLACTPredictor(cfg)
+    try:
+        predictor = YOLACTPredictor(cfg)
+    except (CheckpointError, FileNotFoundError) as e:  # MODEL.WEIGHTS, named in the message
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     x = predictor.preprocess(image)
     paths = export_model(cfg, predictor.model, sample_inputs(x["image"], x["height"], x["width"]),
                          args.output, args.format)

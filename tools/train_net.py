@@ -15,10 +15,14 @@ Examples::
         MODEL.DEVICE cpu
 
 Before anything is built, the config is checked (``mayolact.engine.checks.preflight``: datasets
-registered, NUM_CLASSES against the datasets, OUTPUT_DIR writable and, to train, free of another
-run's checkpoints unless ``--resume`` or ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``).
+registered, NUM_CLASSES against the datasets, the config's values, OUTPUT_DIR writable and, to
+train, not in use by a live run and free of another run's checkpoints unless ``--resume`` or
+``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``). A training run holds ``OUTPUT_DIR/run.lock`` until it
+ends (``mayolact.engine.run_lock``).
 
-Exit status: 0 when done; 2 for a bad config or a failed check; 143 (SIGTERM) or 130 (SIGINT)
+Exit status: 0 when done; 2 for a bad config, a failed check or a weights file that cannot be
+used (unreadable, damaged, holding code, untrained heads for ``--eval-only``); 1 when a checkpoint
+could not be written (a full disk; the previous ones are intact); 143 (SIGTERM) or 130 (SIGINT)
 when a signal stopped training after a checkpoint (continue with ``--resume``).
 """
 import argparse
@@ -89,22 +93,30 @@ def main(args):
     from detectron2.utils import comm
 
     from mayolact.checkpoint import YOLACTCheckpointer
+    from mayolact.config import load_config
     from mayolact.engine import Trainer
+    from mayolact.engine.run_lock import RunLock
 
-    cfg = setup(args)
     if args.eval_only:
+        cfg = setup(args)
         model = Trainer.build_model(cfg)
-        YOLACTCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        # inference=True: weights that leave the heads untrained (ImageNet) are refused.
+        YOLACTCheckpointer.from_config(
+            cfg, model, save_dir=cfg.OUTPUT_DIR, inference=True
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
 
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    # One run per OUTPUT_DIR, held by the process that writes the checkpoints from before its
+    # setup writes anything there (config.yaml, log.txt) until it ends.
+    out = load_config(args.config_file, args.opts).OUTPUT_DIR
+    with RunLock(out) if comm.is_main_process() else contextlib.nullcontext():
+        cfg = setup(args)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
 
 def cli(argv=None):
@@ -114,6 +126,7 @@ def cli(argv=None):
     from detectron2.engine import launch
     from torch.multiprocessing import ProcessExitedException
 
+    from mayolact.checkpoint import CheckpointError
     from mayolact.config import ConfigError, load_config
     from mayolact.engine.checks import PreflightError, preflight
     from mayolact.engine.hooks import STOP_SIGNALS, forward_signals_to_workers
@@ -135,8 +148,10 @@ def cli(argv=None):
                 dist_url=args.dist_url,
                 args=(args,),
             )
-    except (ConfigError, PreflightError) as e:
-        print(f"error: {e}", file=sys.stderr)  # once: no logger is set up yet
+    except (ConfigError, PreflightError, CheckpointError) as e:
+        # Once: no logger is set up yet, or (a weights file that cannot be used) it has not
+        # logged this error.
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except ProcessExitedException as e:
         # A worker that stopped on a signal (after its checkpoint: 128 + signal; before training

@@ -150,14 +150,15 @@ def _anchor_disagreement(args) -> Dict[str, List[Dict]]:
 
 # ----------------------------------------------------------------------------- Figure 2
 def build_trained_model(cfg):
-    """``build_model(cfg)`` in eval mode with ``cfg.MODEL.WEIGHTS`` loaded (if set)."""
+    """``build_model(cfg)`` in eval mode with ``cfg.MODEL.WEIGHTS`` loaded (if set) for
+    inference: no code runs from the file, and backbone-only weights (random heads) are refused."""
     from detectron2.modeling import build_model
 
     from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        YOLACTCheckpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
+        YOLACTCheckpointer.from_config(cfg, model, inference=True).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: the figure shows a randomly initialised model")
     return model.eval()

@@ -3,15 +3,17 @@
 :class:`YOLACTCheckpointer` is Detectron2's ``DetectionCheckpointer`` with two concerns added, each
 in its own methods:
 
-* loading: recognises the format of ``MODEL.WEIGHTS`` (a Detectron2 checkpoint, a torchvision
-  ImageNet ResNet, an mmdetection YOLACT checkpoint) and converts its names on load, refusing
-  silent partial loads;
-* saving: writes checkpoints atomically and resumes from the newest readable one.
+* loading: every file goes through :func:`~mayolact.checkpoint.weights_file.load_weights_file`
+  (no code runs from a file, damaged bytes and non-finite values are refused, Detectron2's
+  ``.pkl`` files included); the format of ``MODEL.WEIGHTS`` (a Detectron2 checkpoint, a torchvision
+  ImageNet ResNet, an mmdetection YOLACT checkpoint) is recognised and converted on load, refusing
+  silent partial loads and, for inference, freshly initialised heads;
+* saving: writes checkpoints atomically (:mod:`mayolact.utils.file_io`) and resumes from the newest
+  readable one of its own folder (``last_checkpoint`` may only name a file inside it).
 """
 import logging
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
@@ -19,7 +21,6 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import BottleneckBlock
-from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _IncompatibleKeys, _strip_prefix_if_present
 
 from mayolact.checkpoint.torchvision import (
@@ -28,16 +29,32 @@ from mayolact.checkpoint.torchvision import (
     convert_torchvision_resnet,
     is_torchvision_resnet,
 )
+from mayolact.checkpoint.weights_file import (
+    TRUST_PICKLE_ENV,
+    CheckpointError,
+    integrity_problem,
+    load_weights_file,
+)
+from mayolact.utils.file_io import (
+    TEMPORARY_NAME,
+    atomic_open,
+    publish_staged,
+    write_staged,
+    write_text_atomic,
+)
 
 __all__ = [
     "CLASS_LAYERS",
     "MMDET_PREFIXES",
+    "TRUST_PICKLE_ENV",
     "CheckpointError",
+    "CheckpointWriteError",
     "summarize_names",
     "load_weights_file",
     "save_converted_checkpoint",
     "StagedCheckpoint",
     "find_checkpoints",
+    "read_last_checkpoint_tag",
     "YOLACTCheckpointer",
 ]
 
@@ -62,11 +79,6 @@ _UNUSED_KEY = "__mayolact_unused__"
 _COUNTER = "num_batches_tracked"
 # The training-only semantic head: a checkpoint may have it for a model built without it.
 _TRAINING_ONLY = ("semseg_head.",)
-
-
-class CheckpointError(ValueError):
-    """A weights file that cannot be read, or whose tensors do not fit the model (named in the
-    message with the file)."""
 
 
 def summarize_names(names: Iterable[str]) -> str:
@@ -100,68 +112,6 @@ def summarize_names(names: Iterable[str]) -> str:
         else:
             out.append(f"{root}.{{{', '.join(members)}}}")
     return ", ".join(out)
-
-
-def _describe_read_error(path: str, err: Exception) -> str:
-    """Why ``path`` could not be read as a checkpoint, in words (empty, text, corrupt, unsafe)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError as e:
-        return f"cannot be opened ({e})"
-    if not head:
-        return "the file is empty, not a checkpoint"
-    if not any(b < 32 and b not in b"\t\n\r\f" for b in head):
-        return "a text file, not a PyTorch checkpoint"
-    text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return (
-            f"it holds Python objects ({found.group(1)}) besides tensors and plain containers, "
-            "which a weights-only torch.load refuses to unpickle (training checkpoints of other "
-            f"frameworks often do); if you trust the file, set {TRUST_PICKLE_ENV}=1 to unpickle it"
-        )
-    detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
-    detail = detail.group(1).strip() if detail else (text.strip().splitlines() or [""])[0]
-    return ("corrupt or truncated, not a readable PyTorch checkpoint "
-            f"({type(err).__name__}: {detail})")
-
-
-#: Environment variable: "1" lets a file that a weights-only load refuses be unpickled in full.
-#: Unpickling runs code from the file, so it is opt-in, for files the user trusts.
-TRUST_PICKLE_ENV = "MAYOLACT_TRUST_PICKLE"
-
-
-def load_weights_file(path: str):
-    """``torch.load`` of a weights file (``weights_only``, on the CPU), with errors in words.
-
-    A file holding Python objects beyond tensors and plain containers (an mmengine training
-    checkpoint's message hub, numpy scalars in its meta) is refused, unless
-    ``$MAYOLACT_TRUST_PICKLE`` is "1": then it is unpickled in full (with a warning), since such a
-    load can run code.
-
-    Args:
-        path (str): a local file or a ``PathManager`` URI (``torchvision://resnet50``, ...).
-
-    Returns:
-        the loaded object (for a checkpoint, a dict).
-
-    Raises:
-        FileNotFoundError: no such file (for ``torchvision://``: where to put it).
-        CheckpointError: naming the file: empty, a text file, corrupt or truncated, or holding
-            Python objects that a weights-only load refuses.
-    """
-    local = PathManager.get_local_path(path)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        return torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if os.environ.get(TRUST_PICKLE_ENV) == "1" and "Unsupported global" in str(e):
-            logger.warning("%s: unpickled in full (%s=1): it holds Python objects", path,
-                           TRUST_PICKLE_ENV)
-            return torch.load(local, map_location="cpu", weights_only=False)
-        raise CheckpointError(f"{path}: {_describe_read_error(local, e)}") from e
 
 
 def _is_mmdet_state_dict(state_dict) -> bool:
@@ -211,12 +161,15 @@ def _mismatch_message(source, what, n_model, missing, unexpected, shapes, advice
     )
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a lost mount): named in the message; the
+    previous checkpoints and ``last_checkpoint`` are unchanged."""
+
+
 #: Names of the checkpoints a training run writes (Detectron2's ``PeriodicCheckpointer``: the
 #: iteration in 7 digits, or "final"); only these, and the file ``last_checkpoint`` names, are
 #: resumed from, so that other weights kept in the output folder are never taken for a run's state.
 _RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
-#: Temporary files of :meth:`YOLACTCheckpointer.stage`: hidden, with the writer's process id.
-_PARTIAL = re.compile(r"^\.(.+)\.(\d+)\.tmp$")
 _TAG = "last_checkpoint"
 
 
@@ -228,12 +181,54 @@ class StagedCheckpoint(NamedTuple):
     path: str  # where :meth:`YOLACTCheckpointer.publish` puts it
 
 
+def _outside(folder: str, name: str) -> Optional[str]:
+    """Why ``name`` does not name a file inside ``folder``, or None when it does.
+
+    A run's checkpoints are plain names in its folder: not absolute, no folder part, no ``..``,
+    and (after links are followed) still in the folder, so that nothing in the folder can point a
+    resume at a file elsewhere.
+    """
+    if not name or os.path.isabs(name) or name in (".", "..") or "\0" in name or any(
+            sep and sep in name for sep in (os.sep, os.altsep)):
+        return "not a plain file name in the folder"
+    real_folder = os.path.realpath(folder)
+    real = os.path.realpath(os.path.join(folder, name))
+    if os.path.dirname(real) != real_folder:
+        return f"a link to {real}, outside the folder"
+    return None
+
+
+def read_last_checkpoint_tag(folder: str) -> Optional[str]:
+    """The checkpoint name that ``folder``'s ``last_checkpoint`` holds, or None without a tag.
+
+    Raises:
+        CheckpointError: the tag names anything but a file inside ``folder`` (an absolute path,
+            a folder part, ``..``, a link leaving it).
+    """
+    try:
+        with open(os.path.join(folder, _TAG)) as f:
+            tagged = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not tagged:
+        return None
+    why = _outside(folder, tagged)
+    if why is not None:
+        raise CheckpointError(
+            f"{os.path.join(folder, _TAG)} names {tagged!r}: {why}. A run's tag names one of its "
+            "own checkpoints; nothing was loaded. Write the name of a checkpoint of this folder "
+            "into it, or remove it"
+        )
+    return tagged
+
+
 def find_checkpoints(folder: str) -> List[str]:
     """The checkpoints of a training run in ``folder``, newest first.
 
     Those are the files named as a run names them (``model_0004999.pth``, ``model_final.pth``) and
     the file ``last_checkpoint`` names, if it exists; newest by modification time, the tagged one
-    first among equals.
+    first among equals. Only files inside ``folder`` count: links that leave it, and a tag that
+    names anything else, are left out (:func:`read_last_checkpoint_tag` reports such a tag).
 
     Args:
         folder (str): a run's output folder (need not exist).
@@ -244,15 +239,14 @@ def find_checkpoints(folder: str) -> List[str]:
     if not os.path.isdir(folder):
         return []
     names = {n for n in os.listdir(folder) if _RUN_CHECKPOINT.match(n)}
-    tagged = None
     try:
-        with open(os.path.join(folder, _TAG)) as f:
-            tagged = f.read().strip() or None
-    except OSError:
-        pass
-    if tagged and os.path.isfile(os.path.join(folder, tagged)):
+        tagged = read_last_checkpoint_tag(folder)
+    except CheckpointError:
+        tagged = None
+    if tagged:
         names.add(tagged)
-    paths = [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    paths = [os.path.join(folder, n) for n in names
+             if os.path.isfile(os.path.join(folder, n)) and _outside(folder, n) is None]
 
     def newness(path):
         # Modification time first (a resumed run writes lower iterations after model_final); the
@@ -268,56 +262,23 @@ def find_checkpoints(folder: str) -> List[str]:
     return sorted(paths, key=newness, reverse=True)
 
 
-def _fsync_folder(folder: str) -> None:
-    """Make a rename inside ``folder`` durable (a no-op where folders cannot be opened)."""
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    if pid == os.getpid():
+        return True
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: str, write) -> None:
-    """Call ``write(binary file)`` on ``path``, then flush and fsync it; remove it on failure."""
-    try:
-        with open(path, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        if os.path.exists(path):
-            os.remove(path)
-        raise
-
-
-def _unreadable_reason(path: str) -> Optional[str]:
-    """Why ``path`` is not a complete ``torch.save`` file, or None when it is.
-
-    ``torch.save`` writes a zip archive whose members carry CRC-32 checksums: a file cut short
-    (a kill during a write that did not go through :meth:`YOLACTCheckpointer.save`, a full disk)
-    has no zip directory, and damaged bytes fail their checksum. Both are found by reading the file
-    once, without unpickling it.
-    """
-    try:
-        if os.path.getsize(path) == 0:
-            return "the file is empty"
-        if not zipfile.is_zipfile(path):
-            return "not a complete torch.save archive (truncated, or not a checkpoint)"
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except Exception as e:  # any failure to read it through is a reason not to resume from it
-        return f"{type(e).__name__}: {e}"
-    return None if bad is None else f"its member {bad} fails its checksum (damaged bytes)"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 def save_converted_checkpoint(model: Dict[str, torch.Tensor], path: str, author: str) -> None:
     """Write ``{"model": model, "__author__": author}`` (a Detectron2 checkpoint) to ``path``,
-    atomically: through a temporary file beside it, fsync'ed and renamed over ``path``.
+    atomically and durably (:func:`mayolact.utils.file_io.atomic_open`): nothing is left behind
+    when it fails.
 
     Args:
         model (dict[str, Tensor]): state dict in maYOLACT's parameter names.
@@ -325,13 +286,15 @@ def save_converted_checkpoint(model: Dict[str, torch.Tensor], path: str, author:
         author (str): the source format (:data:`TORCHVISION_AUTHOR`, :data:`MMDET_AUTHOR`), which
             :class:`YOLACTCheckpointer` reads back to apply that format's rules (a torchvision
             backbone leaves the FPN and the heads fresh).
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    _write_durably(temporary, lambda f: torch.save({"model": model, "__author__": author}, f))
-    os.replace(temporary, path)
-    _fsync_folder(folder)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder; give the file to write (e.g. "
+                                f"{os.path.join(path, 'model.pth')})")
+    with atomic_open(path, "wb", durable=True) as f:
+        torch.save({"model": model, "__author__": author}, f)
 
 
 class YOLACTCheckpointer(DetectionCheckpointer):
@@ -347,7 +310,8 @@ class YOLACTCheckpointer(DetectionCheckpointer):
     # * mmdetection YOLACT ({"state_dict": ..., "meta": ...}): converted by
     #   mayolact.checkpoint.mmdet, then loaded as a full model.
 
-    def __init__(self, model, save_dir: str = "", *, skip_class_layers: bool = False, **kwargs):
+    def __init__(self, model, save_dir: str = "", *, skip_class_layers: bool = False,
+                 inference: bool = False, **kwargs):
         """
         Args:
             model (nn.Module): the model (a DDP/DP wrapper is unwrapped).
@@ -355,14 +319,19 @@ class YOLACTCheckpointer(DetectionCheckpointer):
             skip_class_layers (bool): a full checkpoint may lack the class layers
                 (:data:`CLASS_LAYERS`) or have them for another class count; they then keep
                 their fresh initialisation (``MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS``).
+            inference (bool): the model is for evaluation or drawing, not training: a file that
+                leaves any tensor freshly initialised (backbone-only ImageNet weights, skipped
+                class layers) is refused, naming them.
             **kwargs: ``save_to_disk`` and checkpointables, as ``DetectionCheckpointer``.
         """
         super().__init__(model, save_dir, **kwargs)
         self.skip_class_layers = bool(skip_class_layers)
+        self.inference = bool(inference)
 
     @classmethod
     def from_config(cls, cfg, model, save_dir: str = "", **kwargs) -> "YOLACTCheckpointer":
-        """A checkpointer for ``model`` with the loading options of ``cfg`` (see ``__init__``)."""
+        """A checkpointer for ``model`` with the loading options of ``cfg`` (see ``__init__``;
+        ``inference`` and the others pass through ``kwargs``)."""
         return cls(
             model, save_dir, skip_class_layers=cfg.MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS, **kwargs
         )
@@ -375,27 +344,34 @@ class YOLACTCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> dict:
-        """Read ``filename`` and bring it to Detectron2's form ``{"model": state dict, ...}``.
+        """Read ``filename`` (:func:`load_weights_file`: no code runs from it, damaged and
+        non-finite files are refused) and bring it to Detectron2's form
+        ``{"model": state dict, ...}``.
+
+        Detectron2 reads ``.pkl`` files with a plain ``pickle.load``; here they go through the same
+        restricted reader as every other file, and then follow Detectron2's rules for them.
 
         Raises:
-            CheckpointError: naming the file and the problem (empty, text, corrupt, not a dict
-                of tensors, an unknown layout, a Caffe2 file, an unconvertible mmdet checkpoint).
+            CheckpointError: naming the file and the problem (empty, text, damaged, code in it, a
+                non-finite tensor, not a dict of tensors, an unknown layout, a Caffe2 file, an
+                unconvertible mmdet checkpoint).
         """
+        loaded = load_weights_file(filename)
         if filename.endswith((".pkl", ".pyth")):
-            try:
-                loaded = super()._load_file(filename)
-            except Exception as e:
-                raise CheckpointError(f"{filename}: {_describe_read_error(filename, e)}") from e
-            if loaded.get("matching_heuristics", False):
+            # Detectron2's model-zoo files hold "model" and "__author__"; other .pkl files are
+            # Caffe2 / Detectron1 blobs and .pyth files pycls ones, whose names Detectron2 only
+            # matches by heuristics.
+            zoo = isinstance(loaded, Mapping) and "model" in loaded and "__author__" in loaded
+            if filename.endswith(".pyth") or not zoo or loaded.get("matching_heuristics", False):
+                author = loaded.get("__author__", "Caffe2") if zoo else (
+                    "pycls" if filename.endswith(".pyth") else "Caffe2")
                 raise CheckpointError(
-                    f"{filename}: a {loaded.get('__author__', 'Caffe2')} model-zoo file, whose "
+                    f"{filename}: a {author} model-zoo file, whose "
                     "names Detectron2 can only match by heuristics; maYOLACT loads exact names "
                     f"only. For ImageNet initialisation use {TORCHVISION_PREFIX}resnet50 "
                     "(torchvision-style ResNet: stride in the 3x3 conv, RGB input)"
                 )
-            loaded[_SOURCE_KEY] = filename
-            return loaded
-        checkpoint = self._recognise(load_weights_file(filename), filename)
+        checkpoint = self._recognise(loaded, filename)
         checkpoint[_SOURCE_KEY] = filename
         return checkpoint
 
@@ -479,10 +455,36 @@ class YOLACTCheckpointer(DetectionCheckpointer):
             state, fresh, extra_unused = self._check_full_model(state, model_state, source)
             unused += extra_unused
             what = checkpoint.get("__author__") or "checkpoint"
+        if self.inference and fresh:
+            self._refuse_fresh_tensors(source, what, fresh, len(model_state))
         checkpoint["model"] = state
         super()._load_model(checkpoint)
         self.logger.info("Loaded %d tensors from %s (%s)", len(state), source, what)
+        if checkpoint.get("__author__") == TORCHVISION_AUTHOR:
+            self.logger.info(
+                "ImageNet initialisation: the ResNet from %s; the FPN, the heads and the DCN "
+                "offset convs start fresh (%d tensors), to be trained", source, len(fresh))
         return _IncompatibleKeys(missing_keys=fresh, unexpected_keys=unused, incorrect_shapes=[])
+
+    def _refuse_fresh_tensors(self, source: str, what: str, fresh: List[str], n_model: int):
+        """For inference: a file that leaves tensors at their random initialisation (an ImageNet
+        backbone, skipped class layers) would give predictions from random heads.
+
+        Raises:
+            CheckpointError: naming the file and the fresh tensors.
+        """
+        if what == "torchvision ImageNet ResNet":
+            why = ("It holds a classification backbone only (ImageNet initialisation, for "
+                   "training with tools/train_net.py); evaluate or draw the model_final.pth that "
+                   "training writes, or a converted trained model")
+        else:
+            why = ("MODEL.YOLACT.WEIGHTS_SKIP_CLASS_LAYERS lets the class layers start fresh, "
+                   "which is for fine-tuning; evaluate or draw the fine-tuned checkpoint")
+        raise CheckpointError(
+            f"{source}: the {what} leaves {len(fresh)} of the model's {n_model} tensors freshly "
+            f"initialised ({summarize_names(fresh)}; e.g. {fresh[0]}): evaluating or drawing "
+            f"needs trained heads, nothing was loaded. {why}."
+        )
 
     def _bottom_up_prefix(self, model_state, source: str) -> str:
         """Module path of the model's (only) Detectron2 ResNet, e.g. "backbone.bottom_up."."""
@@ -587,9 +589,10 @@ class YOLACTCheckpointer(DetectionCheckpointer):
     # ---------------------------------------------------------------------- saving and resuming
     # A checkpoint is written to a hidden temporary file in the save folder (flushed and fsync'ed)
     # and renamed over its final name (os.replace: atomic on POSIX and Windows); `last_checkpoint`
-    # names it only after the rename and is itself replaced the same way. A kill at any moment
-    # leaves the previous checkpoint and tag whole, and at worst a temporary file that resuming
-    # ignores. Paths that are not local files (PathManager URIs) are saved by Detectron2 as before.
+    # names it only after the rename and is itself replaced the same way (all through
+    # mayolact.utils.file_io). A kill at any moment leaves the previous checkpoint and tag whole,
+    # and at worst a temporary file that resuming ignores. Paths that are not local files
+    # (PathManager URIs) are saved by Detectron2 as before.
 
     def _saves_locally(self) -> bool:
         return bool(self.save_dir) and "://" not in str(self.save_dir)
@@ -605,6 +608,10 @@ class YOLACTCheckpointer(DetectionCheckpointer):
         Returns:
             StagedCheckpoint, or None where this process does not save (not the main process, or
             no save folder).
+
+        Raises:
+            CheckpointWriteError: the file could not be written (a full disk), naming it; nothing
+                is left behind and the previous checkpoints are unchanged.
         """
         if not self.save_dir or not self.save_to_disk:
             return None
@@ -616,20 +623,34 @@ class YOLACTCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, basename)
         if os.path.basename(path) != basename:
             raise ValueError(f"checkpoint name {name!r} must not contain a folder")
-        os.makedirs(self.save_dir, exist_ok=True)
-        temporary = os.path.join(self.save_dir, f".{basename}.{os.getpid()}.tmp")
-        _write_durably(temporary, lambda f: torch.save(data, f))
+        try:
+            temporary = write_staged(path, lambda f: torch.save(data, f))
+        except (OSError, RuntimeError) as e:  # torch's zip writer reports some as RuntimeError
+            raise self._write_error(path, "write", e) from e
         return StagedCheckpoint(temporary, path)
+
+    def _write_error(self, path: str, what: str, err: Exception) -> CheckpointWriteError:
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+        error = CheckpointWriteError(
+            f"could not {what} the checkpoint {path} ({reason}); the previous checkpoints and "
+            f"{_TAG} in {self.save_dir} are unchanged")
+        error.errno = getattr(err, "errno", None)
+        return error
 
     def publish(self, staged: StagedCheckpoint) -> str:
         """Rename a staged checkpoint to its name, then tag it in ``last_checkpoint``.
 
         Returns:
             str: the checkpoint's path.
+
+        Raises:
+            CheckpointWriteError: naming the checkpoint (the rename or the tag failed).
         """
-        os.replace(staged.temporary, staged.path)
-        _fsync_folder(os.path.dirname(staged.path))
-        self.tag_last_checkpoint(os.path.basename(staged.path))
+        try:
+            publish_staged(staged.temporary, staged.path)
+            self.tag_last_checkpoint(os.path.basename(staged.path))
+        except OSError as e:
+            raise self._write_error(staged.path, "publish", e) from e
         self.logger.info("Saved checkpoint %s", staged.path)
         return staged.path
 
@@ -652,15 +673,11 @@ class YOLACTCheckpointer(DetectionCheckpointer):
         if not self._saves_locally():
             super().tag_last_checkpoint(last_filename_basename)
             return
-        path = os.path.join(self.save_dir, _TAG)
-        temporary = os.path.join(self.save_dir, f".{_TAG}.{os.getpid()}.tmp")
-        _write_durably(temporary, lambda f: f.write(last_filename_basename.encode()))
-        os.replace(temporary, path)
-        _fsync_folder(self.save_dir)
+        write_text_atomic(os.path.join(self.save_dir, _TAG), last_filename_basename, durable=True)
 
     def remove_partial_saves(self) -> List[str]:
-        """Delete the temporary files that killed processes left in the save folder (those of
-        this process are kept).
+        """Delete the temporary files that processes which no longer run left in the save folder
+        (those of a live process, this one or another, are kept).
 
         Returns:
             list[str]: the removed paths.
@@ -669,8 +686,8 @@ class YOLACTCheckpointer(DetectionCheckpointer):
             return []
         removed = []
         for name in os.listdir(self.save_dir):
-            match = _PARTIAL.match(name)
-            if match and int(match.group(2)) != os.getpid():
+            match = TEMPORARY_NAME.match(name)
+            if match and not _pid_alive(int(match.group("pid"))):
                 os.remove(os.path.join(self.save_dir, name))
                 removed.append(os.path.join(self.save_dir, name))
         if removed:
@@ -685,18 +702,29 @@ class YOLACTCheckpointer(DetectionCheckpointer):
             return super().has_checkpoint()
         return bool(find_checkpoints(self.save_dir))
 
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint a resume loads (:meth:`newest_readable_checkpoint`), "" without one."""
+        if not self._saves_locally():
+            return super().get_checkpoint_file()
+        return self.newest_readable_checkpoint() if self.has_checkpoint() else ""
+
     def newest_readable_checkpoint(self) -> str:
         """The newest checkpoint of the save folder that can be read through.
 
         Newer ones that cannot (cut short, damaged) are skipped with a warning that names them
-        and the one used instead.
+        and the one used instead; so is a tag that names a file no longer there.
 
         Raises:
-            CheckpointError: the folder holds checkpoints but none is readable.
+            CheckpointError: the tag names a file outside the folder, or the folder holds
+                checkpoints but none is readable.
         """
+        tagged = read_last_checkpoint_tag(self.save_dir)
         skipped = []
+        missing_tag = tagged and not os.path.isfile(os.path.join(self.save_dir, tagged))
+        if missing_tag:
+            skipped.append((os.path.join(self.save_dir, tagged), f"named by {_TAG}, missing"))
         for path in find_checkpoints(self.save_dir):
-            reason = _unreadable_reason(path)
+            reason = integrity_problem(path, archive_only=True)
             if reason is None:
                 if skipped:
                     self.logger.warning(
@@ -705,6 +733,13 @@ class YOLACTCheckpointer(DetectionCheckpointer):
                     )
                 return path
             skipped.append((path, reason))
+        if missing_tag and len(skipped) == 1:
+            raise CheckpointError(
+                f"{os.path.join(self.save_dir, _TAG)} names {tagged}, which does not exist, and "
+                "the folder holds no other checkpoint: there is nothing to resume (were the "
+                "run's checkpoints moved?). Restore the file, or run without --resume to start "
+                "afresh"
+            )
         raise CheckpointError(
             f"{self.save_dir}: no readable checkpoint to resume from ("
             + "; ".join(f"{os.path.basename(p)}: {why}" for p, why in skipped)
@@ -717,8 +752,11 @@ class YOLACTCheckpointer(DetectionCheckpointer):
         one (or with ``resume=False``), loads the model alone from ``path``.
 
         Raises:
-            CheckpointError: checkpoints exist but none is readable.
+            CheckpointError: ``last_checkpoint`` names a file outside the folder, or one that is
+                missing while the folder holds no other checkpoint (a run was here: starting
+                afresh would lose it silently), or checkpoints exist but none is readable.
         """
-        if resume and self._saves_locally() and self.has_checkpoint():
-            return self.load(self.newest_readable_checkpoint())
+        if resume and self._saves_locally():
+            if self.has_checkpoint() or read_last_checkpoint_tag(self.save_dir):
+                return self.load(self.newest_readable_checkpoint())
         return super().resume_or_load(path, resume=resume)

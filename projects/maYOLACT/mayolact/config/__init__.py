@@ -7,6 +7,7 @@ from .config import (
     load_rows,
     merge_config_row,
     resolved_num_classes,
+    take_overrides,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "load_rows",
     "merge_config_row",
     "resolved_num_classes",
+    "take_overrides",
 ]

@@ -2,7 +2,8 @@
 one config loader of the tools, with the rows files of ``configs/rows/``."""
 import math
 import os
-from typing import Dict, Sequence
+import re
+from typing import Dict, List, Sequence, Tuple
 
 __all__ = [
     "add_mayolact_config",
@@ -11,6 +12,7 @@ __all__ = [
     "load_rows",
     "merge_config_row",
     "resolved_num_classes",
+    "take_overrides",
 ]
 
 
@@ -175,6 +177,29 @@ def resolved_num_classes(cfg) -> int:
 
 class ConfigError(ValueError):
     """A config file, a rows file or a command-line override could not be applied."""
+
+
+#: A config key as a command line writes it: upper-case names joined by dots (``MODEL.WEIGHTS``).
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def take_overrides(values: Sequence[str], opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Give back the ``KEY VALUE`` overrides that an option of several values took.
+
+    An option with ``nargs="+"`` (``--format onnx``, ``--input a.jpg``) takes every word after it,
+    so ``--format onnx MODEL.WEIGHTS w.pth`` would make ``MODEL.WEIGHTS`` a format. The overrides
+    start at the first word that is a config key.
+
+    Args:
+        values: what the option took.
+        opts: the overrides the parser found (after them on the command line).
+
+    Returns:
+        (the option's own values, the overrides in command-line order).
+    """
+    values = list(values)
+    at = next((i for i, v in enumerate(values) if _CONFIG_KEY.match(str(v))), len(values))
+    return values[:at], values[at:] + list(opts)
 
 
 def load_config(config_file: str = "", opts: Sequence[str] = ()):

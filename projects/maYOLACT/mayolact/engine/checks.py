@@ -24,6 +24,7 @@ __all__ = [
     "check_num_classes",
     "check_writable",
     "check_output_dir",
+    "check_config",
     "preflight",
 ]
 
@@ -145,14 +146,60 @@ def check_output_dir(cfg, resume: bool) -> None:
     )
 
 
+def check_config(cfg, *, train: bool) -> None:
+    """The config's values can build the run: found in a second, not after the model is built.
+
+    The parts are built as the run builds them, so that every check they make (an unknown
+    ``MODEL.YOLACT.MATCHER``, ``NUM_PROTOTYPES`` 0, a CARAFE kernel that is not odd, ...) applies
+    here, with no second copy of the rules: the model on PyTorch's ``meta`` device (no memory
+    used, no weights read), the data mapper and, to train, the optimizer, the LR schedule and the
+    divergence guard.
+
+    Args:
+        cfg: the run's config (not changed).
+        train (bool): the run trains (otherwise it only evaluates, draws or exports).
+
+    Raises:
+        PreflightError: the value that cannot work, as the part that reads it words it.
+    """
+    import torch
+    from detectron2.modeling import build_model
+
+    from mayolact.data.dataset_mapper import YOLACTDatasetMapper
+
+    dry = cfg.clone()
+    dry.defrost()
+    dry.MODEL.DEVICE = "meta"
+    dry.MODEL.WEIGHTS = ""
+    try:
+        with torch.device("meta"):
+            model = build_model(dry)
+        YOLACTDatasetMapper(dry, is_train=train)
+        if train:
+            # Imported here: the trainer imports this module.
+            from mayolact.engine.hooks import DivergenceGuard
+            from mayolact.engine.trainer import build_yolact_lr_scheduler, build_yolact_optimizer
+
+            build_yolact_lr_scheduler(dry, build_yolact_optimizer(dry, model))
+            y = dry.SOLVER.YOLACT
+            DivergenceGuard(y.DIVERGENCE_FACTOR, y.DIVERGENCE_WINDOW)
+    except (ValueError, KeyError, AssertionError) as e:
+        # KeyError: a name missing from a Detectron2 registry; AssertionError: Detectron2's own
+        # config checks.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise PreflightError(f"config: {message}") from e
+
+
 def preflight(cfg, *, train: bool, resume: bool = False) -> None:
     """The checks of a run of ``cfg``, cheapest first.
 
     * the datasets it uses are registered (``DATASETS.TEST``, and ``DATASETS.TRAIN`` to train);
     * ``OUTPUT_DIR`` can be written;
-    * to train: ``OUTPUT_DIR`` holds no other run's checkpoints unless resuming or overwriting
-      (:func:`check_output_dir`);
-    * ``MODEL.YOLACT.NUM_CLASSES`` matches every dataset it uses (:func:`check_num_classes`).
+    * to train: no live run holds ``OUTPUT_DIR``
+      (:func:`mayolact.engine.run_lock.check_run_lock`), and it holds no other run's checkpoints
+      unless resuming or overwriting (:func:`check_output_dir`);
+    * ``MODEL.YOLACT.NUM_CLASSES`` matches every dataset it uses (:func:`check_num_classes`);
+    * the config's values can build the run (:func:`check_config`).
 
     Args:
         cfg: the run's config.
@@ -168,6 +215,10 @@ def preflight(cfg, *, train: bool, resume: bool = False) -> None:
         check_datasets_registered(key, names)
     check_writable(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if train:
+        from mayolact.engine.run_lock import check_run_lock  # it builds on this module
+
+        check_run_lock(cfg.OUTPUT_DIR)
         check_output_dir(cfg, resume)
     for key, names in used:
         check_num_classes(cfg, key, names)
+    check_config(cfg, train=train)

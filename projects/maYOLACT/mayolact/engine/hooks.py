@@ -37,6 +37,7 @@ from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
 __all__ = [
+    "CheckpointNotWritten",
     "TrainingDiverged",
     "TrainingInterrupted",
     "DivergenceGuard",
@@ -52,6 +53,33 @@ logger = logging.getLogger(__name__)
 
 #: The signals that stop a run gracefully: SIGTERM (how clusters pre-empt a job) and SIGINT.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CheckpointNotWritten(SystemExit):
+    """A checkpoint could not be written (a full disk): training stopped with exit status 1
+    after one error line that names it (a ``SystemExit``, so that neither Detectron2's trainer
+    nor the interpreter prints the error again with a traceback).
+
+    Attributes:
+        error (CheckpointWriteError): what the checkpointer raised.
+    """
+
+    def __init__(self, error: OSError):
+        super().__init__(1)
+        self.error = error
+
+
+@contextlib.contextmanager
+def _stop_if_not_written():
+    """Turn a :class:`~mayolact.checkpoint.checkpointer.CheckpointWriteError` into one logged
+    error and a :class:`CheckpointNotWritten`."""
+    from mayolact.checkpoint.checkpointer import CheckpointWriteError
+
+    try:
+        yield
+    except CheckpointWriteError as e:
+        logger.error("Training stopped: %s", e)
+        raise CheckpointNotWritten(e) from e
 
 
 class TrainingDiverged(FloatingPointError):
@@ -143,7 +171,8 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
     :meth:`YOLACTCheckpointer.stage`) and renamed at ``i + 1``, once the hooks before this one
     (:class:`DivergenceGuard`) have passed that loss; when the run diverges instead, the file is
     dropped. ``model_final`` and the checkpoint of a stop have no next iteration: they are written
-    at once, after a check that every weight is finite.
+    at once, after a check that every weight is finite. A checkpoint that cannot be written (a
+    full disk) stops the run with one error line naming it (:class:`CheckpointNotWritten`).
 
     Args:
         checkpointer (YOLACTCheckpointer): saves the model and the trainer's state.
@@ -170,6 +199,10 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
         return self.checkpointer.publish(staged)
 
     def after_step(self):
+        with _stop_if_not_written():
+            self._after_step()
+
+    def _after_step(self):
         it = self.trainer.iter
         # This iteration's loss came from the staged weights and passed the hooks before this one.
         self._publish_staged()
@@ -191,13 +224,14 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
         Returns:
             str or None: its path (None where this process does not save).
         """
-        if self._staged is not None and self._staged[0] == it:
-            return self._publish_staged()
-        self._publish_staged()
-        name = f"{self.file_prefix}_{it:07d}"
-        self._check_finite(it, name)
-        self.checkpointer.save(name, iteration=it)
-        return os.path.join(self.checkpointer.save_dir, name + ".pth")
+        with _stop_if_not_written():
+            if self._staged is not None and self._staged[0] == it:
+                return self._publish_staged()
+            self._publish_staged()
+            name = f"{self.file_prefix}_{it:07d}"
+            self._check_finite(it, name)
+            self.checkpointer.save(name, iteration=it)
+            return os.path.join(self.checkpointer.save_dir, name + ".pth")
 
     def after_train(self):
         if self._staged is None:

@@ -1,12 +1,14 @@
 """The predictor of YOLACT models: Detectron2's ``DefaultPredictor`` with the square resize and
 batches of images."""
+import logging
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
@@ -14,6 +16,8 @@ from mayolact.data.datasets import dataset_metadata
 from mayolact.utils.profiling import stage
 
 __all__ = ["YOLACTPredictor"]
+
+logger = logging.getLogger(__name__)
 
 
 class YOLACTPredictor(DefaultPredictor):
@@ -28,7 +32,8 @@ class YOLACTPredictor(DefaultPredictor):
     * a list of images runs as ONE batch through the model (all are S x S after the resize), with
       the same per-image results as one at a time, up to float rounding;
     * weights load through :class:`mayolact.checkpoint.checkpointer.YOLACTCheckpointer` (foreign
-      formats too);
+      formats too; no code runs from the file; a file that leaves the heads untrained, such as
+      ImageNet backbone weights, is refused);
     * ``TEST.YOLACT.OPTIMIZE`` applies :func:`mayolact.export.optimize.optimize_for_inference`
       (folded batch norms, channels-last); inference runs under ``torch.inference_mode``.
 
@@ -48,14 +53,19 @@ class YOLACTPredictor(DefaultPredictor):
         if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
             raise ValueError(
                 f"YOLACTPredictor: INPUT.FORMAT must be RGB or BGR, got {cfg.INPUT.FORMAT}")
-        weights = cfg.MODEL.WEIGHTS
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.WEIGHTS = ""  # DefaultPredictor's loader is skipped; YOLACTCheckpointer's below
-        super().__init__(cfg)
-        self.cfg.MODEL.WEIGHTS = weights
-        if weights:
-            YOLACTCheckpointer.from_config(self.cfg, self.model).load(weights)
+        # DefaultPredictor.__init__ without its loader, which would read MODEL.WEIGHTS with a
+        # plain DetectionCheckpointer (or log "Initializing model from scratch" before ours).
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        self.input_format = self.cfg.INPUT.FORMAT
+        if self.cfg.MODEL.WEIGHTS:
+            # inference=True: backbone-only weights (random heads) are refused, naming them.
+            YOLACTCheckpointer.from_config(self.cfg, self.model, inference=True).load(
+                self.cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: the predictor's model keeps its random "
+                           "initialisation")
         if self.cfg.TEST.YOLACT.OPTIMIZE:
             # Imported here: mayolact.export builds on this module (ExportedYOLACTPredictor).
             from mayolact.export.optimize import optimize_for_inference
@@ -63,6 +73,8 @@ class YOLACTPredictor(DefaultPredictor):
             optimize_for_inference(self.model)
         self.aug = T.AugmentationList(build_yolact_test_augmentation(self.cfg))
         names = self.cfg.DATASETS.TEST
+        if names:
+            self.metadata = MetadataCatalog.get(names[0])
         if names and names[0] in DatasetCatalog.list():  # class names of a COCO json not yet read
             self.metadata = dataset_metadata(names[0])
 
