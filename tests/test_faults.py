@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -313,18 +312,12 @@ def _running(pid):
         return False
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     out = tmp_path / "out"
     cmd = [PYTHON, TRAIN_NET, "--num-gpus", "2",
-           "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "--config-file", str(QUICK),
+           "--dist-url", "auto", "--config-file", str(QUICK),
            *TINY, "DATASETS.TRAIN", "('mayolact_shapes_train',)", "DATASETS.TEST", "()",
            "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000",
            "OUTPUT_DIR", str(out)]
@@ -454,6 +447,19 @@ def test_num_classes_mismatch_names_the_key_and_the_dataset(tmp_path, shapes, ca
         err = capsys.readouterr().err
         assert f"MODEL.YOLACT.NUM_CLASSES is 80, but {key} dataset '{name}' has 8 classes" in err
     assert not (tmp_path / "out").exists()  # found before any setup
+
+
+@pytest.mark.slow
+def test_train_net_checks_the_run_once(tmp_path, shapes, count_checks):
+    """The tool checks in the launcher, before any worker starts; the trainer it builds does not
+    repeat the checks."""
+    train_net = load_tool("train_net")
+    train_net.cli(["--config-file", str(QUICK), *TINY, "DATASETS.TRAIN", f"('{shapes.train}',)",
+                   "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "1", "OUTPUT_DIR",
+                   str(tmp_path / "out")])
+    assert (tmp_path / "out" / "model_final.pth").is_file()
+    assert count_checks == {"check_datasets_registered": 2, "check_num_classes": 2,
+                            "check_output_dir": 1}
 
 
 def test_unwritable_output_is_found_before_anything_runs(tmp_path):

@@ -5,7 +5,6 @@ Everything runs offline: torchvision models get random weights (with non-trivial
 statistics, so that a misplaced tensor changes the outputs) and ``torchvision://`` resolves in a
 temporary ``$TORCH_HOME``; the download function is replaced wherever it could be reached.
 """
-import importlib.util
 import logging
 import os
 import sys
@@ -26,9 +25,10 @@ import mayolact  # noqa: F401
 from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, summarize_names
 from mayolact.checkpoint.torchvision import torchvision_cache_path
 from mayolact.config.config import load_config
+from mayolact.data.datasets import coco_mini_root
 from mayolact.modeling.backbone import ModulatedDeformBottleneck
 
-from conftest import coco_mini_root
+from common import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_CONFIGS = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -293,6 +293,24 @@ def test_torchvision_uri_offline_names_the_file_and_the_place(torch_home, no_dow
     assert not expected.exists()
 
 
+def test_offline_torchvision_weights_stop_train_net_in_one_line(torch_home, no_download,
+                                                               tmp_path, capsys):
+    """The offline error of a COCO config is one line on stderr and exit status 2, before any
+    model is built (no chain of download tracebacks)."""
+    train_net = load_tool("train_net")
+    with pytest.raises(SystemExit) as exc:
+        train_net.cli(["--config-file", str(QUICK), "MODEL.WEIGHTS", "torchvision://resnet50",
+                       "MODEL.YOLACT.RESNET_WIDTH_SCALE", "1.0", "MODEL.YOLACT.NUM_CLASSES", "8",
+                       "DATASETS.TRAIN", "('mayolact_shapes_train',)", "DATASETS.TEST", "()",
+                       "OUTPUT_DIR", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: MODEL.WEIGHTS: torchvision://resnet50: ")
+    assert "resnet50-0676ba61.pth" in err and "tools/convert_weights.py torchvision" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_torchvision_uri_downloads_through_torchvision_where_online(r50_file, torch_home,
                                                                     monkeypatch, caplog):
     """Online: torchvision's weights API downloads into torch.hub's cache, then it loads."""
@@ -500,13 +518,6 @@ def test_mmdet_checkpoint_goes_through_the_mmdet_converter(tmp_path, monkeypatch
 
 
 # ----------------------------------------------------------------- 7. convert tool, trainer, names
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convert_tool_writes_a_checkpoint_that_loads_the_same(r50_file, tmp_path, torch_home):
     path, tv = r50_file
     tool = load_tool("convert_weights")
@@ -537,10 +548,13 @@ def test_trainer_loads_and_saves_through_the_yolact_checkpointer(tmp_path, monke
     from mayolact.engine.trainer import Trainer
 
     path, _ = _quick_checkpoint(tmp_path)
-    monkeypatch.setattr(Trainer, "build_train_loader", classmethod(lambda cls, cfg: [[]]))
+    # No data: the trainer is built only for its checkpointer.
+    monkeypatch.setattr(Trainer, "build_train_dataset", classmethod(lambda cls, cfg: [{}]))
+    monkeypatch.setattr(Trainer, "build_train_loader",
+                        classmethod(lambda cls, cfg, **kwargs: [[]]))
     cfg = load_config(str(QUICK), ["MODEL.WEIGHTS", str(path), "MODEL.YOLACT.NUM_CLASSES", 8,
                                    "OUTPUT_DIR", str(tmp_path / "run")])
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, checked=True)
     assert isinstance(trainer.checkpointer, YOLACTCheckpointer)
     periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
     assert periodic and periodic[0].checkpointer is trainer.checkpointer

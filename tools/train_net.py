@@ -14,12 +14,14 @@ Examples::
         --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
         MODEL.DEVICE cpu
 
-Before anything is built, the config is checked (``mayolact.engine.checks.preflight``: datasets
-registered, NUM_CLASSES against the datasets, OUTPUT_DIR writable and, to train, free of another
-run's checkpoints unless ``--resume`` or ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``).
+Before anything is built, the config is checked once, in the launcher
+(``mayolact.engine.checks.preflight``: datasets registered, NUM_CLASSES against the datasets,
+MODEL.WEIGHTS readable, OUTPUT_DIR writable and, to train, free of another run's checkpoints unless
+``--resume`` or ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``); the workers' trainers skip them.
 
-Exit status: 0 when done; 2 for a bad config or a failed check; 143 (SIGTERM) or 130 (SIGINT)
-when a signal stopped training after a checkpoint (continue with ``--resume``).
+Exit status: 0 when done; 2 for a bad config, a failed check or an unreadable weights file (one
+line on stderr); 143 (SIGTERM) or 130 (SIGINT) when a signal stopped training after a checkpoint
+(continue with ``--resume``).
 """
 import argparse
 import contextlib
@@ -27,6 +29,10 @@ import signal
 import sys
 
 # mayolact, torch and Detectron2 are imported in the functions: --help needs none of them.
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help; the examples as written."""
 
 
 def training_argument_parser(description: str = "", epilog: str = "") -> argparse.ArgumentParser:
@@ -40,7 +46,7 @@ def training_argument_parser(description: str = "", epilog: str = "") -> argpars
         argparse.ArgumentParser: parse with it, then call :func:`finish_training_args`.
     """
     p = argparse.ArgumentParser(description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR from its last checkpoint "
@@ -53,8 +59,8 @@ def training_argument_parser(description: str = "", epilog: str = "") -> argpars
     p.add_argument("--machine-rank", type=int, default=0,
                    help="the rank of this machine (unique per machine)")
     p.add_argument("--dist-url", default=None,
-                   help="initialisation URL of torch.distributed (default: Detectron2's, a local "
-                        "port derived from the user id)")
+                   help="initialisation URL of torch.distributed; 'auto' picks a free local port "
+                        "(None: Detectron2's default, a local port derived from the user id)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                    help="config overrides at the end of the command: KEY VALUE pairs, e.g. "
                         "SOLVER.MAX_ITER 100 MODEL.DEVICE cpu")
@@ -85,6 +91,8 @@ def setup(args):
 
 
 def main(args):
+    """Train, or evaluate with ``--eval-only``: the function each process runs (:func:`cli`
+    checks the run first, once, in the launcher)."""
     from detectron2.evaluation import verify_results
     from detectron2.utils import comm
 
@@ -102,7 +110,7 @@ def main(args):
             verify_results(cfg, res)
         return res
 
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, checked=True)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
@@ -114,6 +122,7 @@ def cli(argv=None):
     from detectron2.engine import launch
     from torch.multiprocessing import ProcessExitedException
 
+    from mayolact.checkpoint.checkpointer import CheckpointError
     from mayolact.config import ConfigError, load_config
     from mayolact.engine.checks import PreflightError, preflight
     from mayolact.engine.hooks import STOP_SIGNALS, forward_signals_to_workers
@@ -135,8 +144,8 @@ def cli(argv=None):
                 dist_url=args.dist_url,
                 args=(args,),
             )
-    except (ConfigError, PreflightError) as e:
-        print(f"error: {e}", file=sys.stderr)  # once: no logger is set up yet
+    except (ConfigError, PreflightError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)  # once, without a traceback
         sys.exit(2)
     except ProcessExitedException as e:
         # A worker that stopped on a signal (after its checkpoint: 128 + signal; before training
