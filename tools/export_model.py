@@ -27,7 +27,8 @@ FORMATS = ("onnx", "torchscript")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.")
+    parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE",
                         help="path to a config file")
     parser.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
