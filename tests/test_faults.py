@@ -271,6 +271,30 @@ def test_sigterm_saves_the_current_iteration_and_resume_continues_the_stream(
     assert seen[:4] == [dicts[i]["file_name"] for i in _take(iter(sampler), 4)]
 
 
+@pytest.mark.parametrize("tool", ["train_net", "demo_job", "compare_assigners"])
+def test_a_stopped_run_is_told_the_tools_way_on(tool, caplog):
+    """SIGTERM's log line ends with how to go on: --resume where the tool has it, a rerun where
+    the tool trains afresh (the demo job and the assigner study have no --resume)."""
+    from mayolact.analysis.assigner_study import StudyTrainer
+    from mayolact.engine.demo_job import DemoTrainer
+    from mayolact.engine.hooks import GracefulStop, TrainingInterrupted
+    from mayolact.engine.trainer import Trainer
+
+    trainer_cls = {"train_net": Trainer, "demo_job": DemoTrainer,
+                   "compare_assigners": StudyTrainer}[tool]
+    hook = GracefulStop(None, trainer_cls.resume_hint)
+    hook.trainer = _FakeTrainer(iter=6)
+    hook.request(signal.SIGTERM)
+    with caplog.at_level(logging.WARNING, logger="mayolact.engine.hooks"):
+        with pytest.raises(TrainingInterrupted):
+            hook.after_step()
+    assert "SIGTERM received: training stopped after iteration 6; " in caplog.text
+    if tool == "train_net":
+        assert caplog.text.rstrip().endswith("continue it with --resume")
+    else:
+        assert "--resume" not in caplog.text and f"tools/{tool}.py" in caplog.text
+
+
 def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
 

@@ -8,12 +8,14 @@ Examples::
 
     python tools/demo.py \
         --config-file configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml \
-        --input ../shared/data/coco_mini/val2017 --output output/vis MODEL.WEIGHTS model_final.pth
+        --input images/ --output output/vis MODEL.WEIGHTS model_final.pth
     python tools/demo.py --config-file <cfg> --video-input clip.mp4 --output output/clip.mp4 \
         MODEL.WEIGHTS model_final.pth
     python tools/demo.py --config-file <cfg> --exported output/export/model.onnx \
-        --input ../shared/data/coco_mini/val2017 \
-        --output output/vis  # tools/export_model.py's model
+        --input datasets/coco_mini/val2017 \
+        --output output/vis  # tools/export_model.py's model; tools/make_coco_mini.py: coco_mini
+
+An image without an instance at ``--confidence-threshold`` is logged with the best score below it.
 
 Exit status: 0 when every input was drawn; 1 when an input is missing or some images could not be
 read (each is named on stderr; the others are drawn); 2 for a bad config or output path.
