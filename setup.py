@@ -11,5 +11,5 @@ setup(
     # detectron2 is not on PyPI: scripts/install.sh installs it (see README).
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "opencv-python-headless"],
     extras_require={"fast-eval": ["faster-coco-eval"], "export": ["onnx", "onnxruntime"],
-                    "test": ["pytest"]},
+                    "test": ["pytest", "pytest-xdist"]},
 )

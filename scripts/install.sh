@@ -31,10 +31,10 @@ if ! have torch || ! have torchvision; then
 fi
 
 DEPS=("setuptools<81" fvcore iopath pycocotools omegaconf hydra-core yacs tabulate termcolor
-      cloudpickle tqdm matplotlib tensorboard Pillow opencv-python-headless pytest scipy
-      faster-coco-eval onnx onnxruntime ruff)
-if ! have fvcore || ! have pycocotools || ! have cv2 || ! have pytest || ! have hydra || ! have scipy || ! have faster_coco_eval \
-   || ! have onnx || ! have onnxruntime || ! have ruff \
+      cloudpickle tqdm matplotlib tensorboard Pillow opencv-python-headless pytest pytest-xdist
+      scipy faster-coco-eval onnx onnxruntime ruff)
+if ! have fvcore || ! have pycocotools || ! have cv2 || ! have pytest || ! have xdist || ! have hydra || ! have scipy \
+   || ! have faster_coco_eval || ! have onnx || ! have onnxruntime || ! have ruff \
    || ! "$PYTHON" -c "import pkg_resources" >/dev/null 2>&1; then
   echo "[install] detectron2's pure-Python dependencies and the tools'"
   "${PIP[@]}" install -q "${DEPS[@]}"

@@ -6,6 +6,7 @@ shrinks the built-in shapes sets (``mayolact_shapes_train`` 8 images, ``mayolact
 so no test writes to the user's cache or generates the full sets.
 """
 import contextlib
+import json
 import logging
 import os
 import runpy
@@ -31,11 +32,13 @@ SESSION_SHAPES = {"MAYOLACT_SHAPES_TRAIN_IMAGES": "8", "MAYOLACT_SHAPES_VAL_IMAG
                   "MAYOLACT_SHAPES_SIZE": "256"}
 
 
-def coco_mini_root():
-    """``$MAYOLACT_COCO_MINI`` or ``../shared/data/coco_mini`` beside the repository, or None."""
-    env = os.environ.get("MAYOLACT_COCO_MINI")
-    root = Path(env) if env else REPO.parent / "shared" / "data" / "coco_mini"
-    return root if (root / "annotations" / "instances_val2017.json").is_file() else None
+def strict_json(text: str):
+    """``json.loads`` that fails on the non-JSON constants NaN and Infinity."""
+
+    def reject(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
 
 
 # ------------------------------------------------------------------------------ configs

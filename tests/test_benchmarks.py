@@ -31,9 +31,8 @@ def test_benchmark_mapper_prints_the_overhead(capsys):
 
 
 def test_fast_nms_benchmark_checks_and_prints(capsys):
-    from benchmark_fast_nms import main
-
-    main(["--sets", "1", "--repeats", "1", "--background", "5"])
+    tool = load_tool("benchmark_fast_nms")
+    assert tool.main(["--sets", "1", "--repeats", "1", "--background", "5"]) == 0
     out = capsys.readouterr().out
     assert "| 0 |" in out and "same detections, bit for bit" in out
 

@@ -205,3 +205,126 @@ def test_demo_names_classes_of_an_unloaded_json_and_survives_an_absent_test_set(
         demo = Demo(cfg_with(test=["not_here"], num_classes=3), predictor=fake)
     assert "thing_classes" not in demo.metadata.as_dict()
     assert "'not_here' is not registered: the drawings show class numbers" in caplog.text
+
+
+# ----------------------------------------------------------------------------------- coco_mini
+def write_coco_download(root, ids_per_split, extra_id=999):
+    """A COCO 2017 download in miniature: per split a json (with one more image than ``ids``)
+    and 16 x 16 JPEGs."""
+    import cv2
+    import numpy as np
+
+    for split, ids in ids_per_split.items():
+        images = [{"id": i, "file_name": f"{i:012d}.jpg", "height": 16, "width": 16, "license": 1}
+                  for i in [extra_id, *ids]]
+        annotations = [{"id": 100 + k, "image_id": im["id"], "category_id": 3, "iscrowd": 0,
+                        "bbox": [2.0, 2.0, 8.0, 8.0], "area": 64.0,
+                        "segmentation": [[2.0, 2.0, 10.0, 2.0, 10.0, 10.0, 2.0, 10.0]]}
+                       for k, im in enumerate(images * 2)]  # two per image
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps({
+            "info": {"year": 2017}, "licenses": [{"id": 1, "name": "by"}], "images": images,
+            "annotations": annotations, "categories": CATEGORIES}))
+        (root / split).mkdir(exist_ok=True)
+        for im in images:
+            cv2.imwrite(str(root / split / im["file_name"]), np.full((16, 16, 3), 90, np.uint8))
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+def test_make_coco_mini_takes_the_listed_images_and_all_their_annotations(tmp_path, link):
+    from detectron2.data.datasets.coco import load_coco_json
+
+    from mayolact.data.coco_mini import build_coco_mini
+
+    ids = {"train2017": [5, 3], "val2017": [7]}
+    write_coco_download(tmp_path / "coco", ids)
+    out = tmp_path / "coco_mini"
+    assert build_coco_mini(tmp_path / "coco", out, link=link, image_ids=ids) == {
+        "train2017": (2, 4), "val2017": (1, 2)}
+    train = json.loads((out / "annotations" / "instances_train2017.json").read_text())
+    assert [im["id"] for im in train["images"]] == [5, 3]
+    assert sorted(a["image_id"] for a in train["annotations"]) == [3, 3, 5, 5]
+    assert train["categories"] == CATEGORIES and train["licenses"][0]["name"] == "by"
+    assert sorted(p.name for p in (out / "train2017").iterdir()) == [
+        "000000000003.jpg", "000000000005.jpg"]
+    assert (out / "val2017" / "000000000007.jpg").is_symlink() == link
+    dicts = load_coco_json(str(out / "annotations" / "instances_val2017.json"),
+                           str(out / "val2017"))
+    assert len(dicts) == 1 and len(dicts[0]["annotations"]) == 2
+    # Again: what is there is kept, the result is the same.
+    assert build_coco_mini(tmp_path / "coco", out, link=link, image_ids=ids)["train2017"] == (2, 4)
+
+
+def test_make_coco_mini_checks_the_download_before_writing(tmp_path):
+    from mayolact.data.coco_mini import build_coco_mini
+
+    write_coco_download(tmp_path / "coco", {"train2017": [5]})
+    out = tmp_path / "coco_mini"
+    with pytest.raises(ValueError, match=r"instances_train2017\.json: 1 of coco_mini's 2 image "
+                                         r"ids are not in it \(e\.g\. \[6\]\)"):
+        build_coco_mini(tmp_path / "coco", out, image_ids={"train2017": [5, 6]})
+    (tmp_path / "coco" / "train2017" / "000000000005.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of coco_mini's train2017 images .*"
+                                                r"000000000005\.jpg"):
+        build_coco_mini(tmp_path / "coco", out, image_ids={"train2017": [5]})
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError, match=r"instances_val2017\.json: not found; --coco"):
+        build_coco_mini(tmp_path / "coco", out, image_ids={"val2017": [5]})
+
+
+def test_make_coco_mini_tool_names_what_is_missing(tmp_path, capsys):
+    from common import load_tool
+
+    tool = load_tool("make_coco_mini")
+    assert tool.main(["--coco", str(tmp_path / "nowhere"), "--output", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "instances_train2017.json: not found" in err
+
+
+def test_coco_mini_ids_are_coco_minis_and_rebuild_it(coco_mini, tmp_path):
+    """The committed id list is coco_mini's; built from coco_mini itself (laid out as a COCO
+    download) it gives coco_mini's images and annotations back."""
+    from mayolact.data.coco_mini import COCO_MINI_IMAGE_IDS, build_coco_mini
+
+    out = tmp_path / "rebuilt"
+    build_coco_mini(coco_mini, out, link=True)
+    for split, ids in COCO_MINI_IMAGE_IDS.items():
+        name = f"annotations/instances_{split}.json"
+        source = json.loads((coco_mini / name).read_text())
+        rebuilt = json.loads((out / name).read_text())
+        assert sorted(im["id"] for im in source["images"]) == list(ids)
+        for key in ("images", "annotations"):
+            assert (sorted(rebuilt[key], key=lambda r: r["id"])
+                    == sorted(source[key], key=lambda r: r["id"]))
+        assert rebuilt["categories"] == source["categories"]
+
+
+def test_coco_mini_is_looked_for_in_one_place_and_its_absence_says_how_to_build_it(
+        tmp_path, monkeypatch):
+    from mayolact.data import datasets
+    from mayolact.engine.checks import PreflightError, check_datasets_registered
+
+    built, shared = tmp_path / "datasets" / "coco_mini", tmp_path / "shared" / "coco_mini"
+    monkeypatch.delenv("MAYOLACT_COCO_MINI", raising=False)
+    monkeypatch.setattr(datasets, "COCO_MINI_DEFAULT_ROOTS", (built, shared))
+    assert datasets.coco_mini_root() is None
+    shared.mkdir(parents=True)
+    assert datasets.coco_mini_root() == shared
+    built.mkdir(parents=True)
+    assert datasets.coco_mini_root() == built  # what tools/make_coco_mini.py writes comes first
+    monkeypatch.setenv("MAYOLACT_COCO_MINI", str(shared))
+    assert datasets.coco_mini_root() == shared
+
+    name = fresh("coco_mini_train")  # a split name of its own: the real ones stay as they are
+    monkeypatch.setattr(datasets, "COCO_MINI_SPLITS",
+                        {name: ("train2017", "annotations/instances_train2017.json")})
+    with pytest.raises(PreflightError) as info:
+        check_datasets_registered("DATASETS.TRAIN", [name])
+    message = str(info.value)
+    assert message.startswith(f"DATASETS.TRAIN: dataset '{name}' is not registered: coco_mini")
+    assert "python tools/make_coco_mini.py --coco /path/to/coco" in message
+    assert "\n" not in message
+    # A name of one's own: how to register it.
+    with pytest.raises(PreflightError, match=r"'my_own_train' is not registered; .*"
+                                             r"DATASETS\.YOLACT\.COCO_JSON"):
+        check_datasets_registered("DATASETS.TRAIN", ["my_own_train"])

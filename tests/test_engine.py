@@ -1,4 +1,5 @@
-"""Optimizer, schedules and config loading of the training engine."""
+"""Optimizer, schedules and config loading of the training engine, and the trainer around
+Detectron2's ``DefaultTrainer``."""
 import math
 
 import pytest
@@ -18,7 +19,7 @@ from mayolact.engine.trainer import (
     resolve_lr_steps,
 )
 
-from common import REPO, load_tool
+from common import REPO, load_tool, strict_json
 
 ROWS = REPO / "configs" / "rows"
 
@@ -259,3 +260,59 @@ def test_relative_steps_of_a_tiny_run_are_silent(caplog):
     with caplog.at_level("WARNING", logger="mayolact.engine.trainer"):
         assert resolve_lr_steps(cfg) == ()
     assert not caplog.text
+
+
+# -------------------------------------------------------------- the trainer around DefaultTrainer
+def test_metrics_json_is_strict_json(tmp_path):
+    """A NaN or infinite scalar (AP without a detection, a diverged loss) is written as null."""
+    from detectron2.utils.events import EventStorage
+
+    from mayolact.utils.events import StrictJSONWriter
+
+    path = tmp_path / "metrics.json"
+    writer = StrictJSONWriter(str(path))
+    with EventStorage(start_iter=4) as storage:
+        storage.put_scalars(total_loss=float("inf"), lr=0.5, smoothing_hint=False)
+        storage.put_scalar("segm/AP", float("nan"), smoothing_hint=False)
+        writer.write()
+        storage.iter = 5
+        storage.put_scalar("lr", 0.25, smoothing_hint=False)
+        writer.write()
+    writer.close()
+
+    rows = [strict_json(line) for line in path.read_text().splitlines()]
+    assert rows == [{"iteration": 4, "lr": 0.5, "segm/AP": None, "total_loss": None},
+                    {"iteration": 5, "lr": 0.25}]
+
+
+def test_trainer_of_ones_own_checks_the_run_once(tmp_path, count_checks):
+    """``Trainer(cfg)`` in a script of one's own: the checks run once (the datasets, the classes,
+    and the output folder in resume_or_load); the sampler the loader draws from is the trainer's
+    own (its position goes into checkpoints); the model is not patched into DDP on one process."""
+    from mayolact.data.samplers import ResumableTrainingSampler
+    from mayolact.engine.trainer import Trainer
+
+    from common import QUICK_CONFIG
+
+    cfg = load_config(str(QUICK_CONFIG), [
+        "DATASETS.TRAIN", "('mayolact_shapes_train',)", "DATASETS.TEST", "('mayolact_shapes_val',)",
+        "MODEL.YOLACT.NUM_CLASSES", "8", "INPUT.YOLACT.SIZE", "128", "SOLVER.IMS_PER_BATCH", "2",
+        "OUTPUT_DIR", str(tmp_path)])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    # DATASETS.TRAIN and DATASETS.TEST once each.
+    assert count_checks == {"check_datasets_registered": 2, "check_num_classes": 2,
+                            "check_output_dir": 1}
+    assert isinstance(trainer.train_sampler, ResumableTrainingSampler)
+    stream = [h for h in trainer._hooks if type(h).__name__ == "DataStreamPosition"]
+    assert len(stream) == 1 and stream[0].sampler is trainer.train_sampler
+    assert isinstance(trainer.model, torch.nn.Module) and not hasattr(trainer.model, "module")
+
+
+def test_project_code_patches_nothing_at_run_time():
+    """Detectron2 is reused by subclassing: no mock patching and no import hooks in the package
+    or the tools."""
+    for path in sorted((REPO / "projects").rglob("*.py")) + sorted((REPO / "tools").glob("*.py")):
+        text = path.read_text()
+        for banned in ("unittest.mock", "from unittest import mock", "sys.meta_path"):
+            assert banned not in text, f"{path.relative_to(REPO)}: {banned}"

@@ -4,6 +4,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -540,6 +541,30 @@ def test_build_evaluator_merges_coco_and_lrp(registered, tmp_path):
     assert len(evaluators) == 1 and evaluators[0]._tasks == ("bbox",)
 
 
+@pytest.mark.parametrize("limit", [20, 100])
+def test_evaluator_states_its_detection_limit(registered, limit, caplog):
+    """The log says at which maxDets AP is computed and which key sets it; a limit other than
+    COCO's 100 (the quick configs' 20) is a warning: the numbers are not COCO's."""
+    cfg = get_cfg()
+    add_mayolact_config(cfg)
+    cfg.MODEL.MASK_ON = False
+    cfg.TEST.YOLACT.LRP = False
+    cfg.TEST.YOLACT.COCO_BACKEND = "pycocotools"
+    cfg.TEST.DETECTIONS_PER_IMAGE = limit
+    evaluator = build_mayolact_evaluator(cfg, registered)
+    evaluator.reset()
+    evaluator.process(*model_outputs())
+    with caplog.at_level(logging.INFO):
+        evaluator.evaluate()
+    assert f"at maxDets {limit} (TEST.DETECTIONS_PER_IMAGE)" in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if limit == 100:
+        assert not any("DETECTIONS_PER_IMAGE" in w for w in warned)
+    else:
+        assert any(f"at most {limit} detections per image" in w
+                   and "TEST.DETECTIONS_PER_IMAGE 100" in w for w in warned), warned
+
+
 @needs_faster
 def test_coco_evaluator_backends_agree(registered):
     inputs, outputs = model_outputs()
@@ -671,6 +696,17 @@ def test_evaluate_tool_in_process(simple_gt, registered, tmp_path, capsys):
 
 
 # -------------------------------------------------------------------- shared helpers
+def test_evaluate_unknown_dataset_points_to_gt(simple_gt, tmp_path, capsys):
+    """``--dataset`` with a name of one's own (never registered) says to give its json with
+    ``--gt``."""
+    tool = _load_tool()
+    res_path = tmp_path / "r.json"
+    res_path.write_text(json.dumps([det(1, 1, [0, 0, 10, 10], 0.9)]))
+    assert tool.main([str(res_path), "--dataset", "my_own_val"]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'my_own_val' is not registered" in err and "--gt" in err
+
+
 def test_check_tasks():
     assert check_tasks(["segm", "bbox"]) == ("segm", "bbox")
     assert check_tasks(()) == ()

@@ -44,7 +44,7 @@ from mayolact.export.exporter import (
 )
 from mayolact.modeling.backbone.carafe import CARAFEUpsample
 
-from common import QUICK, coco_mini_root, get_config, load_tool, tiny_config
+from common import QUICK, get_config, load_tool, tiny_config
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -278,11 +278,8 @@ def trained_like_predictor(cfg, image):
 
 
 @pytest.fixture(scope="module")
-def coco_images():
-    root = coco_mini_root()
-    if root is None:
-        pytest.skip("../shared/data/coco_mini is not present")
-    return [str(root / "val2017" / f) for f in IMAGES]
+def coco_images(coco_mini):
+    return [str(coco_mini / "val2017" / f) for f in IMAGES]
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

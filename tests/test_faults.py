@@ -10,10 +10,10 @@
 * the demo: a truncated image among good ones is named and skipped.
 """
 import json
+import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +247,30 @@ def test_sigterm_saves_the_current_iteration_and_resume_continues_the_stream(
     assert seen[:4] == [dicts[i]["file_name"] for i in _take(iter(sampler), 4)]
 
 
+@pytest.mark.parametrize("tool", ["train_net", "demo_job", "compare_assigners"])
+def test_a_stopped_run_is_told_the_tools_way_on(tool, caplog):
+    """SIGTERM's log line ends with how to go on: --resume where the tool has it, a rerun where
+    the tool trains afresh (the demo job and the assigner study have no --resume)."""
+    from mayolact.analysis.assigner_study import StudyTrainer
+    from mayolact.engine.demo_job import DemoTrainer
+    from mayolact.engine.hooks import GracefulStop, TrainingInterrupted
+    from mayolact.engine.trainer import Trainer
+
+    trainer_cls = {"train_net": Trainer, "demo_job": DemoTrainer,
+                   "compare_assigners": StudyTrainer}[tool]
+    hook = GracefulStop(None, trainer_cls.resume_hint)
+    hook.trainer = _FakeTrainer(iter=6)
+    hook.request(signal.SIGTERM)
+    with caplog.at_level(logging.WARNING, logger="mayolact.engine.hooks"):
+        with pytest.raises(TrainingInterrupted):
+            hook.after_step()
+    assert "SIGTERM received: training stopped after iteration 6; " in caplog.text
+    if tool == "train_net":
+        assert caplog.text.rstrip().endswith("continue it with --resume")
+    else:
+        assert "--resume" not in caplog.text and f"tools/{tool}.py" in caplog.text
+
+
 def _take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
@@ -288,18 +312,12 @@ def _running(pid):
         return False
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_stop_when_their_launcher_is_killed(tmp_path):
     out = tmp_path / "out"
     cmd = [PYTHON, TRAIN_NET, "--num-gpus", "2",
-           "--dist-url", f"tcp://127.0.0.1:{_free_port()}", "--config-file", str(QUICK),
+           "--dist-url", "auto", "--config-file", str(QUICK),
            *TINY, "DATASETS.TRAIN", "('mayolact_shapes_train',)", "DATASETS.TEST", "()",
            "SOLVER.MAX_ITER", "100000", "SOLVER.CHECKPOINT_PERIOD", "100000",
            "OUTPUT_DIR", str(out)]
@@ -403,17 +421,19 @@ def test_staged_checkpoint_is_dropped_when_the_next_loss_diverges(tmp_path):
 
 
 # ---------------------------------------------------------------------- up-front checks
-@pytest.mark.slow
-def test_misspelt_test_dataset_fails_in_seconds(tmp_path):
-    cmd = [PYTHON, TRAIN_NET, "--config-file", str(QUICK), *TINY,
-           "DATASETS.TRAIN", "('mayolact_shapes_train',)",
-           "DATASETS.TEST", "('mayolact_shapes_vall',)", "OUTPUT_DIR", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=tool_env(tmp_path), capture_output=True,
-                          text=True, timeout=90)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "DATASETS.TEST: dataset 'mayolact_shapes_vall' is not registered" in proc.stderr
-    assert "'mayolact_shapes_val'" in proc.stderr  # the suggestion
-    assert "Starting training" not in proc.stdout + proc.stderr
+def test_misspelt_test_dataset_fails_in_seconds(tmp_path, capsys):
+    """Found by the launcher's checks, before any setup, model or data loading."""
+    train_net = load_tool("train_net")
+    with pytest.raises(SystemExit) as exc:
+        train_net.cli(["--config-file", str(QUICK), *TINY,
+                       "DATASETS.TRAIN", "('mayolact_shapes_train',)",
+                       "DATASETS.TEST", "('mayolact_shapes_vall',)",
+                       "OUTPUT_DIR", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "DATASETS.TEST: dataset 'mayolact_shapes_vall' is not registered" in err
+    assert "'mayolact_shapes_val'" in err  # the suggestion
+    assert not (tmp_path / "out").exists()  # nothing was set up, so nothing trained
 
 
 def test_num_classes_mismatch_names_the_key_and_the_dataset(tmp_path, shapes, capsys):
@@ -429,6 +449,19 @@ def test_num_classes_mismatch_names_the_key_and_the_dataset(tmp_path, shapes, ca
         err = capsys.readouterr().err
         assert f"MODEL.YOLACT.NUM_CLASSES is 80, but {key} dataset '{name}' has 8 classes" in err
     assert not (tmp_path / "out").exists()  # found before any setup
+
+
+@pytest.mark.slow
+def test_train_net_checks_the_run_once(tmp_path, shapes, count_checks):
+    """The tool checks in the launcher, before any worker starts; the trainer it builds does not
+    repeat the checks."""
+    train_net = load_tool("train_net")
+    train_net.cli(["--config-file", str(QUICK), *TINY, "DATASETS.TRAIN", f"('{shapes.train}',)",
+                   "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "1", "OUTPUT_DIR",
+                   str(tmp_path / "out")])
+    assert (tmp_path / "out" / "model_final.pth").is_file()
+    assert count_checks == {"check_datasets_registered": 2, "check_num_classes": 2,
+                            "check_output_dir": 1}
 
 
 def test_unwritable_output_is_found_before_anything_runs(tmp_path):

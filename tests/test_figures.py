@@ -28,7 +28,6 @@ from common import (
     get_config,
     load_tool,
     register_tiny_shapes,
-    run_tool,
     tiny_config,
 )
 
@@ -409,17 +408,6 @@ def test_tool_losses_by_mob_real_model(tiny_shapes, tmp_path, capsys):
     _check_png(out)
     assert "MOB bin" in capsys.readouterr().out
     assert len(res["raw"]["neg_cls"]) > 0
-
-
-@pytest.mark.slow
-def test_tool_runs_as_script(tmp_path):
-    out = tmp_path / "mob.png"
-    proc = run_tool("plot_figures", ["mob-histogram", "--dataset", "mayolact_shapes_val",
-                                     "--output", out], tmp_path, timeout=120,
-                    MAYOLACT_SHAPES_VAL_IMAGES=4, MAYOLACT_SHAPES_SIZE=64)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "MOB<0.5" in proc.stdout
-    _check_png(out)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.engine.predictor import YOLACTPredictor
 
-from common import FULL, REPO, coco_mini_root, get_config, run_tool
+from common import FULL, REPO, get_config, run_tool
 
 PEER_SITE = REPO / ".peer" / "site"
 PEER_HELPERS = REPO / "tests" / "peer"
@@ -38,11 +38,9 @@ def _peer_env():
 
 
 @pytest.fixture(scope="module")
-def peer(tmp_path_factory):
+def peer(tmp_path_factory, coco_mini):
     """(output folder, mmdetection's outputs, image path) of one oracle run."""
-    root = coco_mini_root()
-    if root is None:
-        pytest.skip("../shared/data/coco_mini is not present")
+    root = coco_mini
     if not (PEER_SITE / "mmdet").is_dir():
         pytest.skip("the mmdetection peer is not installed (bash scripts/install_peer.sh)")
     out = tmp_path_factory.mktemp("mmdet_peer")

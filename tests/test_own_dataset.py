@@ -20,6 +20,7 @@ from mayolact.data.shapes import SHAPES_CLASSES, render_shapes_image
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick_schedules" / "yolact_R_50_FPN_quick_atss_maiou.yaml"
+OWN_CONFIGS = sorted((REPO / "configs" / "own_data").glob("*.yaml"))
 
 #: The user's three classes (ids as a labelling tool may number them), each a group of shapes.
 CATEGORIES = [{"id": 3, "name": "solid"}, {"id": 5, "name": "hollow"}, {"id": 9, "name": "thin"}]
@@ -114,8 +115,54 @@ DATASETS:
     assert cv2.imread(str(vis / drawn[0])) is not None
     assert any(name in proc.stdout + proc.stderr for name in ("solid", "hollow", "thin"))
 
-    # 4. A figure of the paper on the json itself.
+    # 4. A figure of the paper on the json itself (the figure tool's one run as a script).
     figure = tmp_path / "mob.png"
     proc = run_tool([REPO / "tools" / "plot_figures.py", "mob-histogram", "--dataset",
                      own_data / "train.json", "--output", figure], cwd=tmp_path)
-    assert figure.is_file() and "train.json" in proc.stdout
+    assert "train.json" in proc.stdout and "MOB<0.5" in proc.stdout
+    png = figure.read_bytes()
+    assert len(png) > 1000 and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def own_data_opts(own_data):
+    """The command-line way to name the data for configs/own_data/ (own_train, own_val)."""
+    entries = [["own_train", f"{own_data}/train.json", f"{own_data}/images"],
+               ["own_val", f"{own_data}/val.json", f"{own_data}/images"]]
+    return ["DATASETS.YOLACT.COCO_JSON", repr(entries)]
+
+
+@pytest.mark.parametrize("config", OWN_CONFIGS, ids=[p.stem for p in OWN_CONFIGS])
+def test_own_data_configs_take_the_data_and_keep_their_recipe(config, own_data, tmp_path):
+    """The shipped own-data configs: the data named once (NUM_CLASSES from it, the run's checks
+    pass); from ImageNet at full width with SGD, or from scratch on the CPU with AdamW."""
+    from mayolact.config import load_config
+    from mayolact.engine.checks import preflight
+
+    cfg = load_config(str(config), [*own_data_opts(own_data), "OUTPUT_DIR", str(tmp_path)])
+    assert cfg.MODEL.YOLACT.NUM_CLASSES == 3
+    preflight(cfg, train=True, resume=None)
+    if "imagenet" in config.stem:
+        assert cfg.MODEL.WEIGHTS == "torchvision://resnet50"
+        assert cfg.MODEL.YOLACT.RESNET_WIDTH_SCALE == 1.0 and cfg.INPUT.YOLACT.SIZE == 550
+        assert cfg.SOLVER.YOLACT.OPTIMIZER == "SGD"
+        assert cfg.MODEL.BACKBONE.NAME == "build_yolact_resnet_carafe_fpn_backbone"
+    else:
+        assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.DEVICE == "cpu"
+        assert cfg.SOLVER.YOLACT.OPTIMIZER == "AdamW"
+        assert cfg.INPUT.YOLACT.PHOTOMETRIC and cfg.INPUT.YOLACT.MIN_IOU_CROP
+
+
+def test_own_data_scratch_config_trains(own_data, tmp_path):
+    """Two iterations of the CPU config on the data, through the project's trainer."""
+    from mayolact.config import load_config
+    from mayolact.engine import Trainer
+
+    config = REPO / "configs" / "own_data" / "mayolact_R_50_FPN_192_scratch_cpu.yaml"
+    cfg = load_config(str(config), [
+        *own_data_opts(own_data), "OUTPUT_DIR", str(tmp_path), "INPUT.YOLACT.SIZE", "96",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0",
+        "DATASETS.TEST", "()"])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert (tmp_path / "model_final.pth").is_file()

@@ -6,6 +6,7 @@ from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 from torch.nn import functional as F
 
+from mayolact.analysis.benchmark_fast_nms import fast_nms_dense as _fast_nms_dense_reference
 from mayolact.modeling.postprocessing import (
     assemble_masks,
     box_crop_region,
@@ -74,22 +75,6 @@ def test_fast_nms_matches_loop_oracle(n, num_classes, top_k, max_num):
     assert torch.equal(got[2], exp[2])
     torch.testing.assert_close(got[3], exp[3])
     assert bool((got[1][:-1] >= got[1][1:]).all())
-
-
-def _fast_nms_dense_reference(boxes, scores, coeffs, iou_thr, score_thr, top_k, max_num):
-    """The former package implementation: IoUs of all top_k x top_k candidates of every class."""
-    num_classes = scores.shape[1]
-    cls_scores, idx = scores.t().sort(dim=1, descending=True, stable=True)  # (K, n)
-    idx = idx[:, :top_k]
-    cls_scores = cls_scores[:, :top_k]
-    cand_boxes = boxes[idx.reshape(-1)].view(num_classes, idx.shape[1], 4)
-    iou = batched_box_iou(cand_boxes, cand_boxes).triu_(diagonal=1)
-    keep = (iou.max(dim=1).values <= iou_thr) & (cls_scores > score_thr)
-    classes = torch.arange(num_classes)[:, None].expand_as(keep)[keep]
-    out_scores, order = cls_scores[keep].sort(dim=0, descending=True, stable=True)
-    if max_num > 0:
-        order, out_scores = order[:max_num], out_scores[:max_num]
-    return cand_boxes[keep][order], out_scores, classes[order], coeffs[idx[keep][order]]
 
 
 def _tied_candidates(n, num_classes, gen):

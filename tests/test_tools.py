@@ -1,14 +1,14 @@
 """The command-line tools on real images: two-process CPU training, the demo, and bad inputs.
 
 * ``tools/train_net.py --num-gpus 2`` on CPU (gloo, Detectron2's ``launch``) trains and writes
-  ``model_final.pth`` (the CPU-DDP workaround of ``mayolact.engine.trainer.Trainer``);
+  ``model_final.pth`` (``mayolact.engine.trainer.Trainer`` wraps a CPU model for DDP without
+  device ids);
 * ``tools/demo.py`` draws predictions on images (coco_mini val, or shapes images without
   ``../shared``) and on a small mp4; a missing input or an unknown config key fails clearly;
 * ``train_net`` stops with an error naming the file and the field on a malformed annotation, and
   naming the image on a missing image file.
 """
 import json
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -22,13 +22,7 @@ from detectron2.engine import default_argument_parser
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.shapes import register_shapes
 
-from common import PYTHON, QUICK_CONFIG, REPO, get_config, load_tool, tool_env
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import PYTHON, QUICK_CONFIG, REPO, get_config, load_tool, strict_json, tool_env
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def sample_images(tmp_path_factory):
 def test_two_process_cpu_training(tmp_path):
     out = tmp_path / "out"
     cmd = [PYTHON, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2",
-           "--dist-url", f"tcp://127.0.0.1:{free_port()}",
+           "--dist-url", "auto",  # Detectron2's launch picks a free port: xdist-safe
            "--config-file", str(QUICK_CONFIG),
            "MODEL.DEVICE", "cpu", "MODEL.YOLACT.NUM_CLASSES", "8", "INPUT.YOLACT.SIZE", "128",
            "DATASETS.TRAIN", "('mayolact_shapes_train',)",
@@ -115,6 +109,42 @@ def test_demo_draws_on_images(sample_images, demo_weights, tmp_path):
         # Far beyond JPEG re-encoding noise: masks, boxes and labels.
         changed = np.abs(drawn.astype(np.int16) - original.astype(np.int16)).max(axis=2) > 48
         assert changed.mean() > 0.01, f"{f}: nothing was drawn"
+
+
+@pytest.mark.parametrize("scores", [[0.21, 0.05], []], ids=["below", "nothing"])
+def test_demo_without_an_instance_says_why(scores, tmp_path, caplog):
+    """An image without an instance at the confidence threshold is named with the best score
+    below it, and a last warning says how to draw more (or that the model found nothing)."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from mayolact.engine.demo import Demo
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((32, 48, 3), 90, np.uint8))
+
+    def predictor(bgr):
+        found = Instances(bgr.shape[:2])
+        found.pred_boxes = Boxes(torch.tensor([[2.0, 2.0, 20.0, 20.0]] * len(scores)))
+        found.scores = torch.tensor(scores, dtype=torch.float32)
+        found.pred_classes = torch.zeros(len(scores), dtype=torch.int64)
+        found.pred_masks = torch.zeros((len(scores), 32, 48), dtype=torch.bool)
+        return {"instances": found}
+
+    cfg = get_config(QUICK_CONFIG, ["MODEL.YOLACT.NUM_CLASSES", 8,
+                                    "DATASETS.TEST", "('mayolact_shapes_val',)"])
+    demo = Demo(cfg, confidence_threshold=0.3, predictor=predictor)
+    with caplog.at_level("INFO", logger="mayolact.engine.demo"):
+        assert demo.draw_files([str(image)], str(tmp_path / "vis")) == []
+    assert (tmp_path / "vis" / "a.png").is_file()
+    if scores:
+        assert "0 instances" in caplog.text
+        assert "none at score >= 0.3; the best scored 0.21" in caplog.text
+        assert ("1 of 1 images show no instance at score >= 0.3 (the confidence threshold); the "
+                "best score below it was 0.21: lower it with --confidence-threshold") in caplog.text
+    else:
+        assert "none at score >= 0.3)" in caplog.text
+        assert "the model detected nothing in them" in caplog.text
 
 
 def test_demo_folder_input(sample_images, tmp_path):
@@ -263,9 +293,10 @@ def test_demo_job_logs_everything_and_keeps_metrics_json(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     log = (out / "log.txt").read_text()
     assert "mayolact.data.dataset_mapper" in log and "Per-category segm oLRP" in log
-    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    # Strict JSON (AP of a class without a detection is null, not NaN).
+    rows = [strict_json(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "total_loss" in r][-1] == 1
-    summary = json.loads((out / "demo_summary.json").read_text())
+    summary = strict_json((out / "demo_summary.json").read_text())
     assert set(summary["results"]) == {"bbox", "segm"} and "oLRP" in summary["results"]["segm"]
     assert sorted(p.suffix for p in (out / "vis").iterdir()) == [".png", ".png"]  # shapes: PNG
     assert "demo_summary.json" in proc.stdout

@@ -5,7 +5,6 @@ Everything runs offline: torchvision models get random weights (with non-trivial
 statistics, so that a misplaced tensor changes the outputs) and ``torchvision://`` resolves in a
 temporary ``$TORCH_HOME``; the download function is replaced wherever it could be reached.
 """
-import importlib.util
 import logging
 import os
 import sys
@@ -26,9 +25,10 @@ import mayolact  # noqa: F401
 from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, summarize_names
 from mayolact.checkpoint.torchvision import torchvision_cache_path
 from mayolact.config.config import load_config
+from mayolact.data.datasets import coco_mini_root
 from mayolact.modeling.backbone import ModulatedDeformBottleneck
 
-from conftest import coco_mini_root
+from common import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_CONFIGS = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -236,20 +236,39 @@ def test_dcn_config_takes_every_torchvision_tensor(r50_file, caplog):
 
 
 # ------------------------------------------------- 2. every paper config starts from ImageNet R-50
+def backbone_network(cfg) -> tuple:
+    """What decides how ImageNet weights load into a config's ResNet: its architecture keys."""
+    r = cfg.MODEL.RESNETS
+    return (cfg.MODEL.BACKBONE.NAME, r.DEPTH, tuple(r.DEFORM_ON_PER_STAGE), r.DEFORM_MODULATED,
+            r.DEFORM_NUM_GROUPS, cfg.MODEL.YOLACT.DEFORM_INTERVAL, cfg.MODEL.BACKBONE.FREEZE_AT,
+            r.NORM, r.STRIDE_IN_1X1, cfg.MODEL.YOLACT.RESNET_WIDTH_SCALE)
+
+
+#: backbone_network -> the config whose model was built, loaded and compared for it (this process).
+_LOADED_NETWORKS = {}
+
+
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_loads_torchvision_resnet50(config, r50_file, torch_home, no_download):
     """Table 2 / Table 4 configs: torchvision://resnet50 with the settings torchvision's weights
-    need (stride in the 3x3, RGB, full width), resolved from the cache without a download."""
+    need (stride in the 3x3, RGB, full width), resolved from the cache without a download.
+
+    The 22 configs have three distinct backbones: each is built, loaded and compared with
+    torchvision once (the configs differ elsewhere: matcher, input size, anchors)."""
     path, tv = r50_file
-    put_in_cache(torch_home, "resnet50", path)
-    cfg, model = build(config)
+    cfg = load_config(str(config), ["MODEL.DEVICE", "cpu"])
     assert cfg.MODEL.WEIGHTS == "torchvision://resnet50"
     assert cfg.MODEL.RESNETS.DEPTH == 50 and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
     assert cfg.MODEL.YOLACT.RESNET_WIDTH_SCALE == 1.0 and cfg.INPUT.FORMAT == "RGB"
     # The official configs' normalisation (RGB mean / std), used with the torchvision weights.
     assert list(cfg.MODEL.PIXEL_MEAN) == [123.68, 116.78, 103.94]
     assert list(cfg.MODEL.PIXEL_STD) == [58.40, 57.12, 57.38]
+    if backbone_network(cfg) in _LOADED_NETWORKS:
+        return  # the same ResNet as a config loaded and compared before
+    put_in_cache(torch_home, "resnet50", path)
+    cfg, model = build(config)
     load(cfg, model)
+    _LOADED_NETWORKS[backbone_network(cfg)] = config.stem
     assert no_download == []
     bottom_up = model.backbone.bottom_up
     assert torch.equal(bottom_up.stem.conv1.weight, tv.conv1.weight)
@@ -291,6 +310,27 @@ def test_torchvision_uri_offline_names_the_file_and_the_place(torch_home, no_dow
     assert "tools/convert_weights.py torchvision" in message
     assert [url for url, _ in no_download] == ["https://download.pytorch.org/models/resnet50-0676ba61.pth"]
     assert not expected.exists()
+
+
+def test_offline_torchvision_weights_stop_train_net_in_one_line(torch_home, no_download,
+                                                               tmp_path, capsys, monkeypatch):
+    """The offline error of a COCO config is one line on stderr and exit status 2, before any
+    model is built (no chain of download tracebacks)."""
+    # Only what the tool prints: console handlers an earlier test gave the project's logger (in
+    # this process) may write to a stream that test's capture has closed.
+    monkeypatch.setattr(logging.getLogger("mayolact"), "handlers", [])
+    train_net = load_tool("train_net")
+    with pytest.raises(SystemExit) as exc:
+        train_net.cli(["--config-file", str(QUICK), "MODEL.WEIGHTS", "torchvision://resnet50",
+                       "MODEL.YOLACT.RESNET_WIDTH_SCALE", "1.0", "MODEL.YOLACT.NUM_CLASSES", "8",
+                       "DATASETS.TRAIN", "('mayolact_shapes_train',)", "DATASETS.TEST", "()",
+                       "OUTPUT_DIR", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: MODEL.WEIGHTS: torchvision://resnet50: ")
+    assert "resnet50-0676ba61.pth" in err and "tools/convert_weights.py torchvision" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_torchvision_uri_downloads_through_torchvision_where_online(r50_file, torch_home,
@@ -500,13 +540,6 @@ def test_mmdet_checkpoint_goes_through_the_mmdet_converter(tmp_path, monkeypatch
 
 
 # ----------------------------------------------------------------- 7. convert tool, trainer, names
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convert_tool_writes_a_checkpoint_that_loads_the_same(r50_file, tmp_path, torch_home):
     path, tv = r50_file
     tool = load_tool("convert_weights")
@@ -537,10 +570,13 @@ def test_trainer_loads_and_saves_through_the_yolact_checkpointer(tmp_path, monke
     from mayolact.engine.trainer import Trainer
 
     path, _ = _quick_checkpoint(tmp_path)
-    monkeypatch.setattr(Trainer, "build_train_loader", classmethod(lambda cls, cfg: [[]]))
+    # No data: the trainer is built only for its checkpointer.
+    monkeypatch.setattr(Trainer, "build_train_dataset", classmethod(lambda cls, cfg: [{}]))
+    monkeypatch.setattr(Trainer, "build_train_loader",
+                        classmethod(lambda cls, cfg, **kwargs: [[]]))
     cfg = load_config(str(QUICK), ["MODEL.WEIGHTS", str(path), "MODEL.YOLACT.NUM_CLASSES", 8,
                                    "OUTPUT_DIR", str(tmp_path / "run")])
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, checked=True)
     assert isinstance(trainer.checkpointer, YOLACTCheckpointer)
     periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
     assert periodic and periodic[0].checkpointer is trainer.checkpointer

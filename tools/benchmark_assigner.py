@@ -56,7 +56,8 @@ DEFAULT_TRAIN_CONFIG = (REPO / "configs" / "quick_schedules"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--repeats", type=int, default=10, help="timed repeats per row (median)")
     p.add_argument("--bruteforce-repeats", type=int, default=2,
                    help="timed repeats of the (slow) brute-force row")
@@ -65,20 +66,21 @@ def parse_args(argv=None):
                    help="images per batch")
     p.add_argument("--size", type=int, default=550, help="square input size S")
     p.add_argument("--coco-mini", default=None,
-                   help="coco_mini folder (default: $MAYOLACT_COCO_MINI, ../shared/data/coco_mini)")
+                   help="coco_mini folder; None: the package's (mayolact.data.datasets."
+                        "coco_mini_root)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
     t = p.add_argument_group("--train-iteration (Table 3, training time per iteration)")
     t.add_argument("--train-iteration", action="store_true",
                    help="time forward + backward + optimizer step of a model with each assigner")
     t.add_argument("--config-file", default=str(DEFAULT_TRAIN_CONFIG),
-                   help="base config (default: the quick ATSS-maIoU config)")
+                   help="base config: the quick ATSS-maIoU config by default")
     t.add_argument("--iters", type=int, default=5, help="timed iterations per row (median)")
     t.add_argument("--bruteforce-iters", type=int, default=2,
                    help="timed iterations of the (slow) brute-force row")
     t.add_argument("--warmup", type=int, default=1, help="untimed iterations per row first")
     t.add_argument("--rows", nargs="+", default=None,
-                   help="assigners to time, rows of configs/rows/benchmark_assigner.yaml "
-                        "(default: all)")
+                   help="assigners to time, rows of configs/rows/benchmark_assigner.yaml; "
+                        "None: all")
     t.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="config overrides KEY VALUE ... (after the options)")
     args = p.parse_args(argv)

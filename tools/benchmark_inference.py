@@ -28,7 +28,8 @@ import sys
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--configs", nargs="+", help="config files (default: the Table 4 rows at 550)")
     p.add_argument("--images", type=int, default=20, help="timed images")
     p.add_argument("--warmup", type=int, default=3, help="warm-up batches (not timed)")

@@ -17,9 +17,11 @@ import argparse
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument(
-        "--dataset", default=None, help="registered dataset (default: coco_mini_train)"
+        "--dataset", default=None,
+        help="registered dataset; None: coco_mini_train, else mayolact_shapes_train"
     )
     parser.add_argument("--images", type=int, default=100, help="images to time")
     parser.add_argument("--size", type=int, default=550, help="INPUT.YOLACT.SIZE")

@@ -30,7 +30,8 @@ DEFAULT_BASE = os.path.join(REPO, "configs", "shapes", "yolact_shapes_study.yaml
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config-file", default=DEFAULT_BASE, help="base config (any assigner)")
     p.add_argument("--assigners", nargs="+", default=None,
                    help="rows of configs/rows/compare_assigners.yaml to run (default: all)")

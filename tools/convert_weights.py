@@ -88,13 +88,16 @@ def convert_mmdet(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = p.add_subparsers(dest="source", required=True, metavar="{torchvision,mmdet}")
-    tv = sub.add_parser("torchvision", help="torchvision ImageNet ResNet -> maYOLACT backbone")
+    tv = sub.add_parser("torchvision", help="torchvision ImageNet ResNet -> maYOLACT backbone",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tv.add_argument("src", help="torchvision state-dict file, or torchvision://resnet50 etc.")
     tv.add_argument("dst", help="output checkpoint (.pth)")
     tv.set_defaults(run=convert_torchvision)
-    mm = sub.add_parser("mmdet", help="mmdetection YOLACT / maYOLACT checkpoint -> full model")
+    mm = sub.add_parser("mmdet", help="mmdetection YOLACT / maYOLACT checkpoint -> full model",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mm.add_argument("src", help="mmdetection checkpoint (.pth with 'state_dict')")
     mm.add_argument("dst", help="output checkpoint (.pth)")
     mm.add_argument("--config-file", required=True, help="the maYOLACT config the model matches")

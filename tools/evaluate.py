@@ -25,7 +25,8 @@ import sys
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="COCO AP and optimal LRP of a saved COCO results json, without a model."
+        description="COCO AP and optimal LRP of a saved COCO results json, without a model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("results", help="COCO results json (e.g. coco_instances_results.json)")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -40,7 +40,8 @@ def _count_or_word(text):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.")
+    parser = argparse.ArgumentParser(description="Export a YOLACT / maYOLACT model for deployment.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE",
                         help="path to a config file")
     # No `choices`: nargs="+" also takes the KEY VALUE overrides that may follow (main() gives

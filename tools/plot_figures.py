@@ -30,10 +30,10 @@ def add_figure_arguments(parser: argparse.ArgumentParser, *, dataset: Optional[L
     ``config_file`` default ("" = required), ``--config-file``, ``--size`` and config overrides."""
     parser.add_argument("--dataset", nargs="+", default=dataset,
                         help="registered dataset name(s) or COCO-format json file(s)" + (
-                            "" if dataset else " (default: the config's DATASETS.TEST[0])"))
+                            "" if dataset else "; None: the config's DATASETS.TEST[0]"))
     parser.add_argument("--image-root", default=None,
-                        help="folder of the images of a json given to --dataset (default: the "
-                             "json's folder)")
+                        help="folder of the images of a json given to --dataset; None: the "
+                             "json's folder")
     parser.add_argument("--num-images", type=int, default=num_images,
                         help="use the first N images of each dataset")
     parser.add_argument("--output", default=output, help="PNG path")
@@ -41,7 +41,7 @@ def add_figure_arguments(parser: argparse.ArgumentParser, *, dataset: Optional[L
         parser.add_argument("--config-file", default=config_file or None,
                             required=not config_file, help=config_help)
         parser.add_argument("--size", type=int, default=None,
-                            help="input size S (default: the config's INPUT.YOLACT.SIZE)")
+                            help="input size S; None: the config's INPUT.YOLACT.SIZE")
         parser.add_argument("opts", nargs=argparse.REMAINDER,
                             help="config overrides as KEY VALUE pairs")
 
@@ -105,10 +105,13 @@ FIGURE_OPTIONS = {
 def build_parser(default_config: str, description: str = "") -> argparse.ArgumentParser:
     """One sub-command per figure; ``default_config`` gives the anchors of the figures without a
     model (e.g. ``configs/COCO-InstanceSegmentation/Base-YOLACT.yaml``)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     for name, (text, add_arguments) in FIGURE_OPTIONS.items():
-        add_arguments(sub.add_parser(name, help=text, description=text), default_config)
+        figure = sub.add_parser(name, help=text, description=text,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_arguments(figure, default_config)
     return parser
 
 

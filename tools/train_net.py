@@ -14,16 +14,17 @@ Examples::
         --config-file configs/quick_schedules/yolact_R_50_FPN_quick_atss_maiou.yaml \
         MODEL.DEVICE cpu
 
-Before anything is built, the config is checked (``mayolact.engine.checks.preflight``: datasets
-registered, NUM_CLASSES against the datasets, the config's values, OUTPUT_DIR writable and, to
-train, not in use by a live run and free of another run's checkpoints unless ``--resume`` or
-``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``). A training run holds ``OUTPUT_DIR/run.lock`` until it
-ends (``mayolact.engine.run_lock``).
+Before anything is built, the config is checked once, in the launcher
+(``mayolact.engine.checks.preflight``: datasets registered, NUM_CLASSES against the datasets,
+MODEL.WEIGHTS readable, the config's values, OUTPUT_DIR writable and, to train, not in use by a
+live run and free of another run's checkpoints unless ``--resume`` or
+``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS True``); the workers' trainers skip them. A training run
+holds ``OUTPUT_DIR/run.lock`` until it ends (``mayolact.engine.run_lock``).
 
 Exit status: 0 when done; 2 for a bad config, a failed check or a weights file that cannot be
-used (unreadable, damaged, holding code, untrained heads for ``--eval-only``); 1 when a checkpoint
-could not be written (a full disk; the previous ones are intact); 143 (SIGTERM) or 130 (SIGINT)
-when a signal stopped training after a checkpoint (continue with ``--resume``).
+used (unreadable, damaged, holding code, untrained heads for ``--eval-only``; one line on stderr);
+1 when a checkpoint could not be written (a full disk; the previous ones are intact); 143 (SIGTERM)
+or 130 (SIGINT) when a signal stopped training after a checkpoint (continue with ``--resume``).
 """
 import argparse
 import contextlib
@@ -31,6 +32,10 @@ import signal
 import sys
 
 # mayolact, torch and Detectron2 are imported in the functions: --help needs none of them.
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help; the examples as written."""
 
 
 def training_argument_parser(description: str = "", epilog: str = "") -> argparse.ArgumentParser:
@@ -44,7 +49,7 @@ def training_argument_parser(description: str = "", epilog: str = "") -> argpars
         argparse.ArgumentParser: parse with it, then call :func:`finish_training_args`.
     """
     p = argparse.ArgumentParser(description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--config-file", default="", metavar="FILE", help="path to a yaml config")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in OUTPUT_DIR from its last checkpoint "
@@ -57,8 +62,8 @@ def training_argument_parser(description: str = "", epilog: str = "") -> argpars
     p.add_argument("--machine-rank", type=int, default=0,
                    help="the rank of this machine (unique per machine)")
     p.add_argument("--dist-url", default=None,
-                   help="initialisation URL of torch.distributed (default: Detectron2's, a local "
-                        "port derived from the user id)")
+                   help="initialisation URL of torch.distributed; 'auto' picks a free local port "
+                        "(None: Detectron2's default, a local port derived from the user id)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                    help="config overrides at the end of the command: KEY VALUE pairs, e.g. "
                         "SOLVER.MAX_ITER 100 MODEL.DEVICE cpu")
@@ -89,6 +94,8 @@ def setup(args):
 
 
 def main(args):
+    """Train, or evaluate with ``--eval-only``: the function each process runs (:func:`cli`
+    checks the run first, once, in the launcher)."""
     from detectron2.evaluation import verify_results
     from detectron2.utils import comm
 
@@ -114,7 +121,7 @@ def main(args):
     out = load_config(args.config_file, args.opts).OUTPUT_DIR
     with RunLock(out) if comm.is_main_process() else contextlib.nullcontext():
         cfg = setup(args)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, checked=True)
         trainer.resume_or_load(resume=args.resume)
         return trainer.train()
 

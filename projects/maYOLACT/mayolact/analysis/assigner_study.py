@@ -42,9 +42,11 @@ def row_config(base_config, assigner, opts=()):
 
 
 class StudyTrainer(Trainer):
-    """Evaluation is done once per run, by :func:`run_one`, not also by the trainer's hook."""
+    """Evaluation is done once per run, by :func:`run_one`, not also by the trainer's hook; each
+    run trains afresh (the study has no ``--resume``)."""
 
     eval_after_train = False
+    resume_hint = "tools/compare_assigners.py trains every run afresh: run it again"
 
 
 def run_one(base_config, assigner, seed, output, opts):

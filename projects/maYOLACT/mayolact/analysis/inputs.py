@@ -20,6 +20,7 @@ from mayolact.data.dataset_mapper import (
     decode_segmentations,
     parse_annotations,
 )
+from mayolact.data.datasets import unregistered_message
 
 __all__ = [
     "DatasetLike",
@@ -53,8 +54,8 @@ def get_dataset_dicts(dataset: DatasetLike, num_images: Optional[int] = None) ->
         dicts = []
         for name in dataset:
             if name not in DatasetCatalog.list():
-                raise ValueError(f"dataset '{name}' is not registered; registered: "
-                                 f"{sorted(DatasetCatalog.list())}")
+                raise ValueError(unregistered_message(
+                    name, "a COCO-format json file also works as --dataset"))
             dicts.extend(DatasetCatalog.get(name))
     elif all(isinstance(d, dict) for d in dataset):
         dicts = list(dataset)

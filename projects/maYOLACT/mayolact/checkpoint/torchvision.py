@@ -207,7 +207,7 @@ def resolve_torchvision_path(uri: str) -> str:
             f"(torch.hub's cache: $TORCH_HOME/hub/checkpoints), or convert it with "
             f"`tools/convert_weights.py torchvision {os.path.basename(path)} R-50.pth` and set "
             f"MODEL.WEIGHTS to the converted file"
-        ) from e
+        ) from None  # the cause is in the message: no chain of three tracebacks
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{uri}: torchvision reported no error, but {path} is missing")
     return path

@@ -210,6 +210,15 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()):
     are registered and ``MODEL.YOLACT.NUM_CLASSES`` 0 becomes the training set's class count
     (:func:`mayolact.data.datasets.apply_dataset_config`).
 
+    Why loading registers datasets: ``DATASETS.YOLACT.COCO_JSON`` is how a config declares data of
+    one's own, and the config is only usable once those names exist: ``DATASETS.TRAIN`` refers to
+    them and the class count of ``NUM_CLASSES`` 0 is read from them. Detectron2 does the same for
+    its builtin names at import time. Every process that loads the config (each worker of a
+    multi-process run) registers them, and registering the same name with the same files again
+    changes nothing. For a config without this step, build it as Detectron2 does
+    (``get_cfg()``, :func:`add_mayolact_config`, ``merge_from_file``) and call
+    :func:`~mayolact.data.datasets.apply_dataset_config` when the data should be registered.
+
     Args:
         config_file: a yaml config; "" keeps the defaults.
         opts: ``KEY VALUE`` pairs merged last.

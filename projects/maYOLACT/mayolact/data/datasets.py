@@ -1,9 +1,12 @@
 """Dataset registration.
 
-- ``coco_mini_train`` / ``coco_mini_val``: the small COCO subset used by the tests and demos, read
-  from ``$MAYOLACT_COCO_MINI`` or ``<repo>/../shared/data/coco_mini`` (``annotations/
+- ``coco_mini_train`` / ``coco_mini_val``: the small COCO subset used by the tests and demos (337
+  train2017 and 128 val2017 images of COCO 2017 with their official annotations), read from
+  ``$MAYOLACT_COCO_MINI``, else ``<repo>/datasets/coco_mini`` (where ``tools/make_coco_mini.py``
+  builds it from a COCO download), else ``<repo>/../shared/data/coco_mini`` (``annotations/
   instances_{train,val}2017.json`` and ``{train,val}2017/`` images). A split is registered only
-  when its json exists; otherwise only its metadata is set (COCO's class names) and nothing fails.
+  when its json exists; otherwise only its metadata is set (COCO's class names) and nothing fails
+  until the images are needed, where the error says how to build it (:data:`COCO_MINI_HINT`).
 - COCO 2017 itself: Detectron2 registers ``coco_2017_train``, ``coco_2017_val``,
   ``coco_2017_test-dev``, ... when ``detectron2.data.datasets`` is imported
   (``detectron2/data/datasets/builtin.py`` runs ``register_all_coco`` at import time, under
@@ -39,7 +42,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
 __all__ = [
+    "COCO_MINI_HINT",
     "coco_mini_root",
+    "unregistered_message",
     "register_coco_with_ids",
     "register_coco_mini",
     "register_config_datasets",
@@ -62,15 +67,55 @@ COCO_MINI_SPLITS = {
 }
 
 
+#: Where coco_mini is looked for when ``$MAYOLACT_COCO_MINI`` is not set, in this order: where
+#: ``tools/make_coco_mini.py`` writes it, then the shared data folder beside the repository.
+COCO_MINI_DEFAULT_ROOTS = (
+    _REPO_ROOT / "datasets" / "coco_mini",
+    _REPO_ROOT.parent / "shared" / "data" / "coco_mini",
+)
+
+#: How to get coco_mini, in one line: every error about its absence ends with it.
+COCO_MINI_HINT = (
+    "coco_mini (337 train2017 + 128 val2017 images of COCO 2017) is not on this machine: build it "
+    "from your COCO 2017 download with `python tools/make_coco_mini.py --coco /path/to/coco` (or "
+    "set $MAYOLACT_COCO_MINI to a copy)"
+)
+
+
 def coco_mini_root() -> Optional[Path]:
-    """The coco_mini folder: ``$MAYOLACT_COCO_MINI`` or ``<repo>/../shared/data/coco_mini``.
+    """The coco_mini folder: ``$MAYOLACT_COCO_MINI`` when set, else the first folder of
+    :data:`COCO_MINI_DEFAULT_ROOTS` that exists.
+
+    The one lookup of coco_mini (the package, the tools and the tests call it); whether a split is
+    usable is decided when it is registered (:func:`register_coco_mini`: its json exists).
 
     Returns:
         Path or None: the folder, or None when it does not exist.
     """
     env = os.environ.get("MAYOLACT_COCO_MINI")
-    root = Path(env).expanduser() if env else _REPO_ROOT.parent / "shared" / "data" / "coco_mini"
-    return root if root.is_dir() else None
+    if env:
+        root = Path(env).expanduser()
+        return root if root.is_dir() else None
+    return next((root for root in COCO_MINI_DEFAULT_ROOTS if root.is_dir()), None)
+
+
+def unregistered_message(name: str, hint: str = "") -> str:
+    """"dataset NAME is not registered" with what to do: for a coco_mini split, how to build
+    coco_mini (:data:`COCO_MINI_HINT`); otherwise the registered names closest to ``name`` and
+    ``hint`` (the caller's way to name a dataset of one's own).
+
+    Args:
+        name: the dataset name that is not in ``DatasetCatalog``.
+        hint: appended after "; " for names other than coco_mini's (e.g. "give its COCO json with
+            --gt").
+    """
+    text = f"dataset {name!r} is not registered"
+    if name in COCO_MINI_SPLITS:
+        return f"{text}: {COCO_MINI_HINT}"
+    close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3, cutoff=0.6)
+    if close:
+        text += f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    return f"{text}; {hint}" if hint else text
 
 
 def register_coco_with_ids(name: str, json_file: str, image_root: str) -> None:
@@ -231,9 +276,7 @@ def dataset_metadata(name: str):
         if (name in MetadataCatalog.list()
                 and "thing_classes" in MetadataCatalog.get(name).as_dict()):
             return MetadataCatalog.get(name)
-        close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise KeyError(f"dataset {name!r} is not registered{hint}")
+        raise KeyError(unregistered_message(name))
     meta = MetadataCatalog.get(name)
     json_file = meta.get("json_file") if "thing_classes" not in meta.as_dict() else None
     if json_file:

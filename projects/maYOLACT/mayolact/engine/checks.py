@@ -1,22 +1,31 @@
 """Up-front checks: what would otherwise fail hours into a run fails before the model is built.
 
-The tools call :func:`preflight` on the config before training, evaluating or drawing; the
-trainer repeats the cheap ones that concern it (:func:`check_output_dir` when it resumes or
-starts, :func:`check_num_classes` on its training sets).
+Each run is checked once, by whoever starts it:
+
+* the tools call :func:`preflight` before training, evaluating or drawing (``tools/train_net.py``
+  in the launcher, before any worker starts, so a multi-process run fails once, in seconds), and
+  build the trainer with ``Trainer(cfg, checked=True)``;
+* a :class:`mayolact.engine.trainer.Trainer` built without ``checked`` (by a script of one's own,
+  or ``tools/compare_assigners.py``, which trains several runs) runs :func:`preflight` itself: the
+  checks that need no resume flag before anything is built, :func:`check_output_dir` in
+  ``resume_or_load``.
+
+What only the loaded data can show (a training set without a usable ground truth) is checked
+where the data is loaded, by the trainer's ``build_train_dataset``.
 
 Every error is a :class:`PreflightError` that names the config key and the dataset or path.
 """
-import difflib
 import logging
 import os
 import tempfile
-from typing import Iterable
+from typing import Iterable, Optional
 
 from detectron2.data import DatasetCatalog
+from detectron2.utils.file_io import PathManager
 
 from mayolact.checkpoint.checkpointer import find_checkpoints
 from mayolact.config.config import resolved_num_classes
-from mayolact.data.datasets import dataset_classes
+from mayolact.data.datasets import dataset_classes, unregistered_message
 
 __all__ = [
     "PreflightError",
@@ -25,10 +34,16 @@ __all__ = [
     "check_writable",
     "check_output_dir",
     "check_config",
+    "check_weights",
     "preflight",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+#: How a config names a dataset of one's own (the end of a "not registered" error).
+OWN_DATASET_HINT = ("a COCO-format json of your own is registered by naming it in the config: "
+                    "DATASETS.YOLACT.COCO_JSON [[name, json_file, image_root]]")
 
 
 class PreflightError(ValueError):
@@ -44,9 +59,7 @@ def check_datasets_registered(key: str, names: Iterable[str]) -> None:
     registered = DatasetCatalog.list()
     for name in names:
         if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise PreflightError(f"{key}: dataset {name!r} is not registered{hint}")
+            raise PreflightError(f"{key}: " + unregistered_message(name, OWN_DATASET_HINT))
 
 
 def check_num_classes(cfg, key: str, names: Iterable[str]) -> None:
@@ -190,7 +203,37 @@ def check_config(cfg, *, train: bool) -> None:
         raise PreflightError(f"config: {message}") from e
 
 
-def preflight(cfg, *, train: bool, resume: bool = False) -> None:
+def check_weights(cfg, resume: bool) -> None:
+    """``MODEL.WEIGHTS`` can be read: a local file that exists, or a URI (``torchvision://``,
+    ``detectron2://``, ``https://``) that resolves to one, which downloads it now, once, rather
+    than in every worker.
+
+    Not checked: an empty ``MODEL.WEIGHTS`` (random initialisation), and a resumed run whose
+    ``OUTPUT_DIR`` holds checkpoints (it loads the newest of them instead). What the file holds is
+    checked when it is loaded (:mod:`mayolact.checkpoint.checkpointer`).
+
+    Args:
+        cfg: the run's config.
+        resume (bool): the run continues the one in ``OUTPUT_DIR``.
+
+    Raises:
+        PreflightError: naming ``MODEL.WEIGHTS``, the file and, for ``torchvision://`` offline,
+            where to put the file.
+    """
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or (resume and find_checkpoints(cfg.OUTPUT_DIR)):
+        return
+    if "://" not in weights:
+        if not os.path.isfile(weights):
+            raise PreflightError(f"MODEL.WEIGHTS: {weights}: no such weights file")
+        return
+    try:
+        PathManager.get_local_path(weights)
+    except Exception as e:  # offline, HTTP or unknown-scheme errors: the message names the cause
+        raise PreflightError(f"MODEL.WEIGHTS: {e}") from None
+
+
+def preflight(cfg, *, train: bool, resume: Optional[bool] = False) -> None:
     """The checks of a run of ``cfg``, cheapest first.
 
     * the datasets it uses are registered (``DATASETS.TEST``, and ``DATASETS.TRAIN`` to train);
@@ -198,13 +241,16 @@ def preflight(cfg, *, train: bool, resume: bool = False) -> None:
     * to train: no live run holds ``OUTPUT_DIR``
       (:func:`mayolact.engine.run_lock.check_run_lock`), and it holds no other run's checkpoints
       unless resuming or overwriting (:func:`check_output_dir`);
+    * ``MODEL.WEIGHTS`` can be read (:func:`check_weights`);
     * ``MODEL.YOLACT.NUM_CLASSES`` matches every dataset it uses (:func:`check_num_classes`);
     * the config's values can build the run (:func:`check_config`).
 
     Args:
         cfg: the run's config.
         train (bool): the run trains (otherwise it only evaluates).
-        resume (bool): the run resumes the one in ``OUTPUT_DIR``.
+        resume (bool or None): the run resumes the one in ``OUTPUT_DIR``; None when that is not
+            known yet (a ``Trainer`` before ``resume_or_load``): the checks of the output folder
+            and of the weights are then left out.
 
     Raises:
         PreflightError: the first problem found.
@@ -218,7 +264,10 @@ def preflight(cfg, *, train: bool, resume: bool = False) -> None:
         from mayolact.engine.run_lock import check_run_lock  # it builds on this module
 
         check_run_lock(cfg.OUTPUT_DIR)
-        check_output_dir(cfg, resume)
+    if resume is not None:
+        if train:
+            check_output_dir(cfg, resume)
+        check_weights(cfg, resume)
     for key, names in used:
         check_num_classes(cfg, key, names)
     check_config(cfg, train=train)

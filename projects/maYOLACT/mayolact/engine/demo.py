@@ -1,9 +1,11 @@
-"""Drawing predictions: the predictor and Detectron2's ``Visualizer`` behind ``tools/demo.py`` and
-``tools/demo_job.py``."""
+"""Drawing predictions: the predictor and Detectron2's ``Visualizer`` behind ``tools/demo.py``
+(:func:`run_demo`) and ``tools/demo_job.py``."""
+import argparse
 import collections
 import glob
 import logging
 import os
+import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -19,7 +21,7 @@ from mayolact.data.datasets import dataset_metadata
 from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.utils.file_io import atomic_path, write_image_atomic
 
-__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file"]
+__all__ = ["IMAGE_EXTENSIONS", "Demo", "expand_inputs", "read_image_file", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,20 +93,29 @@ class Demo:
         self.input_format = cfg.INPUT.FORMAT
         self.threshold = confidence_threshold
 
-    def predict(self, image: np.ndarray):
-        """``Instances`` on the CPU with score >= the threshold; image (H, W, 3) uint8 in
+    def predict_all(self, image: np.ndarray):
+        """Every predicted ``Instances`` on the CPU, whatever its score; image (H, W, 3) uint8 in
         ``INPUT.FORMAT``."""
         # The predictors take BGR (as cv2.imread gives), like Detectron2's DefaultPredictor.
         bgr = image if self.input_format == "BGR" else np.ascontiguousarray(image[:, :, ::-1])
-        instances = self.predictor(bgr)["instances"].to("cpu")
+        return self.predictor(bgr)["instances"].to("cpu")
+
+    def predict(self, image: np.ndarray):
+        """``Instances`` on the CPU with score >= the threshold; image (H, W, 3) uint8 in
+        ``INPUT.FORMAT``."""
+        instances = self.predict_all(image)
         return instances[instances.scores >= self.threshold]
+
+    def render(self, image: np.ndarray, instances) -> np.ndarray:
+        """``instances`` drawn on ``image`` (``INPUT.FORMAT``): an RGB uint8 (H, W, 3) array."""
+        rgb = image if self.input_format == "RGB" else image[:, :, ::-1]
+        vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
+        return vis.draw_instance_predictions(instances).get_image()
 
     def draw(self, image: np.ndarray) -> Tuple[object, np.ndarray]:
         """Returns (instances, drawing as an RGB uint8 (H, W, 3) array)."""
         instances = self.predict(image)
-        rgb = image if self.input_format == "RGB" else image[:, :, ::-1]
-        vis = Visualizer(rgb, self.metadata, instance_mode=ColorMode.IMAGE)
-        return instances, vis.draw_instance_predictions(instances).get_image()
+        return instances, self.render(image, instances)
 
     def describe(self, instances) -> str:
         """The classes of ``instances`` by name and count, most frequent first ("disc 3, bar 1")."""
@@ -118,10 +129,14 @@ class Demo:
         stays a JPEG; PNG for an extension OpenCV cannot write); a file that cannot be read is
         reported (logged with its name) and skipped, the others are drawn.
 
+        An image without an instance at the threshold says so, with the best score below it;
+        when some images have none, a last warning names the threshold and the option that
+        lowers it (``--confidence-threshold`` of ``tools/demo.py`` and ``tools/demo_job.py``).
+
         Returns:
             list[str]: one message per skipped file, naming it and the reason.
         """
-        failed = []
+        failed, empty, best_below = [], 0, None
         for path in tqdm.tqdm(files, disable=len(files) < 2):
             try:
                 image = read_image_file(path, self.input_format)
@@ -130,13 +145,30 @@ class Demo:
                 failed.append(str(e))
                 continue
             start = time.perf_counter()
-            instances, drawing = self.draw(image)
+            found = self.predict_all(image)
+            instances = found[found.scores >= self.threshold]
+            drawing = self.render(image, instances)
+            what = self.describe(instances)
+            if not what:
+                empty += 1
+                best = float(found.scores.max()) if len(found) else None
+                best_below = best if best_below is None else max(best_below, best or 0.0)
+                what = (f"none at score >= {self.threshold:g}"
+                        + (f"; the best scored {best:.2f}" if best is not None else ""))
             logger.info("%s: %d instances in %.2fs (%s)", path, len(instances),
-                        time.perf_counter() - start, self.describe(instances) or "none")
+                        time.perf_counter() - start, what)
             out = os.path.join(output, os.path.basename(path))
             if not cv2.haveImageWriter(out):
                 out = os.path.splitext(out)[0] + ".png"
             write_image_atomic(out, cv2.cvtColor(drawing, cv2.COLOR_RGB2BGR))
+        if empty:
+            logger.warning(
+                "%d of %d images show no instance at score >= %g (the confidence threshold); %s",
+                empty, len(files) - len(failed), self.threshold,
+                f"the best score below it was {best_below:.2f}: lower it with "
+                f"--confidence-threshold to draw more" if best_below is not None else
+                "the model detected nothing in them (scores under MODEL.YOLACT.SCORE_THRESH_TEST "
+                "are not kept)")
         return failed
 
     def run_video(self, path: str, output: str) -> str:
@@ -180,3 +212,97 @@ class Demo:
                 video.release()
                 writer.release()
         return output
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Draw the predictions of ``tools/demo.py``'s parsed arguments (``config_file``, ``input``
+    or ``video_input``, ``output``, ``confidence_threshold``, ``exported``, ``metadata``,
+    ``opts``).
+
+    The inputs, the output folder and ``MODEL.WEIGHTS`` are checked before the model is built: a
+    wrong path fails fast, with its name, and no model runs for drawings that cannot be written.
+
+    Returns:
+        int: the exit status: 0 when every input was drawn; 1 when an input is missing or some
+        images could not be read (each named on stderr; the others are drawn); 2 for a bad
+        config, weights file or output path.
+    """
+    from mayolact.checkpoint import CheckpointError
+    from mayolact.config import ConfigError, load_config, take_overrides
+    from mayolact.engine.checks import (
+        PreflightError,
+        check_config,
+        check_datasets_registered,
+        check_weights,
+        check_writable,
+    )
+
+    if not args.input and not args.video_input:
+        print("error: give --input or --video-input", file=sys.stderr)
+        return 2
+    if args.input:  # `--input a.jpg KEY VALUE`: the overrides go back to opts
+        args.input, args.opts = take_overrides(args.input, args.opts)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        if not args.exported:
+            check_config(cfg, train=False)
+    except (ConfigError, PreflightError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg.freeze()
+    try:
+        if args.video_input:
+            if not os.path.isfile(args.video_input):
+                raise FileNotFoundError(f"{args.video_input}: no such video file")
+        else:
+            files = expand_inputs(args.input)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        if args.metadata:
+            check_datasets_registered("--metadata", [args.metadata])
+        video_to_file = args.video_input and not os.path.isdir(args.output)
+        check_writable(
+            os.path.dirname(os.path.abspath(args.output)) if video_to_file else args.output,
+            "--output",
+        )
+        if not args.exported:
+            check_weights(cfg, resume=False)
+    except PreflightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    predictor = None
+    if args.exported:
+        from mayolact.export.exporter import ExportedYOLACTPredictor
+
+        try:
+            predictor = ExportedYOLACTPredictor(args.exported)
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        demo = Demo(cfg, args.metadata, args.confidence_threshold, predictor=predictor)
+    except (CheckpointError, FileNotFoundError) as e:  # MODEL.WEIGHTS, named in the message
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    if args.video_input:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        try:
+            out = demo.run_video(args.video_input, args.output)
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        logger.info("wrote %s", out)
+        return 0
+
+    os.makedirs(args.output, exist_ok=True)
+    failed = demo.draw_files(files, args.output)
+    logger.info("wrote %d drawings to %s", len(files) - len(failed), args.output)
+    for message in failed:
+        print(f"error: {message}", file=sys.stderr)
+    if failed:
+        print(f"error: {len(failed)} of {len(files)} inputs could not be read", file=sys.stderr)
+        return 1
+    return 0

@@ -260,10 +260,14 @@ class GracefulStop(HookBase):
     Args:
         checkpoint_hook (StagedPeriodicCheckpointer): the main process's checkpointer hook; None
             on the other ranks.
+        resume_hint (str): how to go on, the end of the stop's log line (the tool's way: the
+            trainer's ``resume_hint``).
     """
 
-    def __init__(self, checkpoint_hook: Optional[StagedPeriodicCheckpointer] = None):
+    def __init__(self, checkpoint_hook: Optional[StagedPeriodicCheckpointer] = None,
+                 resume_hint: str = "continue it with --resume"):
         self._checkpoint_hook = checkpoint_hook
+        self.resume_hint = resume_hint
         self._signum = None
         self._previous = {}
 
@@ -293,8 +297,9 @@ class GracefulStop(HookBase):
         path = self._checkpoint_hook.save_now(it) if self._checkpoint_hook is not None else None
         comm.synchronize()  # the other ranks leave only once the checkpoint is complete
         logger.warning(
-            "%s received: training stopped after iteration %d%s; continue it with --resume",
+            "%s received: training stopped after iteration %d%s; %s",
             signal.Signals(signum).name, it, f", checkpoint {path}" if path else "",
+            self.resume_hint,
         )
         raise TrainingInterrupted(signum, it, path)
 

@@ -13,14 +13,12 @@ Only the pieces where YOLACT's recipe differs from Detectron2's defaults are wri
   only once their weights gave a healthy loss, a checkpoint and a clean exit on SIGTERM / SIGINT,
   workers that stop with their launcher, and a resumed run that continues the data stream.
 """
-import functools
 import logging
 import math
 import os
 import weakref
-from unittest import mock
+from typing import List, Optional
 
-import detectron2.engine.defaults as d2_defaults
 import numpy as np
 import torch
 from detectron2.data import (
@@ -28,17 +26,26 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
 from detectron2.solver import LRMultiplier, WarmupParamScheduler
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import JSONWriter
+from detectron2.utils.logger import setup_logger
 from fvcore.common.param_scheduler import ParamScheduler
 
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.config.config import resolved_num_classes
-from mayolact.engine.checks import check_num_classes, check_output_dir
+from mayolact.engine.checks import check_output_dir, preflight
 from mayolact.engine.hooks import (
     DataStreamPosition,
     DivergenceGuard,
@@ -46,6 +53,7 @@ from mayolact.engine.hooks import (
     StagedPeriodicCheckpointer,
     watch_parent,
 )
+from mayolact.utils.events import StrictJSONWriter
 
 __all__ = [
     "GlobalNormClipSGD",
@@ -249,36 +257,80 @@ class Trainer(DefaultTrainer):
     """Detectron2's ``DefaultTrainer`` with YOLACT's data mapper, optimizer, schedule and
     evaluators.
 
-    Multi-process training on CPU (``--num-gpus N`` without GPUs, gloo backend) works too:
-    Detectron2 wraps the model with ``device_ids=[local_rank]``, which CPU
-    ``DistributedDataParallel`` rejects, so for a CPU model the wrapper is created with
-    ``device_ids=None``.
+    Differences from ``DefaultTrainer`` beyond the ``build_*`` methods:
+
+    * the run is checked before anything is built (:mod:`mayolact.engine.checks`), unless the
+      caller did it (``checked=True``, as the tools do once, before starting workers);
+    * multi-process training on CPU (``--num-gpus N`` without GPUs, gloo backend) works:
+      ``__init__`` follows ``DefaultTrainer.__init__`` step by step but wraps a CPU model with
+      ``create_ddp_model(..., device_ids=None)`` (``DefaultTrainer`` passes ``[local_rank]``, which
+      CPU ``DistributedDataParallel`` rejects);
+    * the trainer keeps the training sampler it made (:attr:`train_sampler`): its position goes
+      into every checkpoint, so a resumed run continues the data stream;
+    * ``metrics.json`` is strict JSON (:class:`~mayolact.utils.events.StrictJSONWriter`: NaN as
+      null).
 
     Subclasses that evaluate by themselves after training set ``eval_after_train = False``: then
     no ``EvalHook`` is registered and the test set is not run twice.
 
-    Faults (see :mod:`mayolact.engine.hooks` and README, "What survives what"): starting without
-    ``resume`` over another run's checkpoints stops
-    (:func:`mayolact.engine.checks.check_output_dir`); resuming continues the sampler's stream and
-    reseeds the augmentations by iteration;
-    Detectron2's ``PeriodicCheckpointer`` becomes a :class:`StagedPeriodicCheckpointer` behind a
+    Faults (see :mod:`mayolact.engine.hooks`): starting without ``resume`` over another run's
+    checkpoints stops (:func:`mayolact.engine.checks.check_output_dir`); resuming continues the
+    sampler's stream and reseeds the augmentations by iteration; Detectron2's
+    ``PeriodicCheckpointer`` becomes a :class:`StagedPeriodicCheckpointer` behind a
     :class:`DivergenceGuard`; a :class:`GracefulStop` saves and exits on SIGTERM / SIGINT; workers
     of a multi-process run watch their launcher.
+
+    Attributes:
+        train_sampler (ResumableTrainingSampler or None): the training loader's sampler (None for
+            Detectron2's other ``DATALOADER.SAMPLER_TRAIN``: a resumed run then starts the data
+            stream afresh).
     """
 
     #: Register Detectron2's ``EvalHook`` (evaluation every ``TEST.EVAL_PERIOD`` and after
     #: training).
     eval_after_train = True
+    #: How a run stopped by SIGTERM / SIGINT goes on (the end of the stop's log line): the tool's
+    #: way, e.g. train_net's ``--resume``.
+    resume_hint = "continue it with --resume"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, checked: bool = False):
+        """
+        Args:
+            cfg (CfgNode): the run's config (from :func:`mayolact.config.load_config`).
+            checked (bool): the caller ran :func:`mayolact.engine.checks.preflight` on ``cfg``
+                with its resume flag (the tools do, once); otherwise the trainer runs the checks
+                now and :func:`~mayolact.engine.checks.check_output_dir` in
+                :meth:`resume_or_load`.
+        """
+        TrainerBase.__init__(self)  # DefaultTrainer.__init__'s steps follow, in its order
+        self._checked = checked
+        if not checked:
+            preflight(cfg, train=True, resume=None)
         if comm.get_world_size() > 1:
             watch_parent()  # a worker whose launcher dies stops (with a checkpoint once training)
-        if comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            cpu_ddp = functools.partial(d2_defaults.create_ddp_model, device_ids=None)
-            with mock.patch.object(d2_defaults, "create_ddp_model", cpu_ddp):
-                super().__init__(cfg)
-        else:
-            super().__init__(cfg)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        dataset = self.build_train_dataset(cfg)
+        self.train_sampler = self.build_train_sampler(cfg, len(dataset))
+        data_loader = self.build_train_loader(cfg, dataset=dataset, sampler=self.train_sampler)
+
+        # CPU DistributedDataParallel takes no device ids; Detectron2's default is [local_rank].
+        cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 **({"device_ids": None} if cpu else {}))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.cfg = cfg
+        self.checkpointer = self.build_checkpointer()
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.register_hooks(self.build_hooks())
 
     def build_checkpointer(self) -> YOLACTCheckpointer:
         """:class:`~mayolact.checkpoint.checkpointer.YOLACTCheckpointer` of the trained model,
@@ -290,13 +342,21 @@ class Trainer(DefaultTrainer):
         )
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ makes a plain DetectionCheckpointer and calls build_hooks right
-        # after: replace it before the PeriodicCheckpointer hook takes it.
-        self.checkpointer = self.build_checkpointer()
         built = super().build_hooks()
         if not self.eval_after_train:
             built = [h for h in built if not isinstance(h, hooks.EvalHook)]
         return self._fault_tolerant_hooks(built)
+
+    def build_writers(self):
+        """Detectron2's writers (console, ``metrics.json``, tensorboard) with ``metrics.json`` in
+        strict JSON (:class:`~mayolact.utils.events.StrictJSONWriter`)."""
+        writers = []
+        for w in super().build_writers():
+            if type(w) is JSONWriter:
+                w.close()
+                w = StrictJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
+            writers.append(w)
+        return writers
 
     def _fault_tolerant_hooks(self, built):
         """Detectron2's hooks with the checkpointer replaced by the staged one behind the
@@ -318,11 +378,10 @@ class Trainer(DefaultTrainer):
         else:
             later = (hooks.EvalHook, hooks.PeriodicWriter)
             at = next((i for i, h in enumerate(out) if isinstance(h, later)), len(out))
-        out.insert(at, GracefulStop(checkpoint_hook))
-        sampler = _find_resumable_sampler(self._trainer.data_loader)
+        out.insert(at, GracefulStop(checkpoint_hook, self.resume_hint))
         self._data_stream = None
-        if sampler is not None:
-            self._data_stream = DataStreamPosition(sampler, cfg.SOLVER.IMS_PER_BATCH)
+        if self.train_sampler is not None:
+            self._data_stream = DataStreamPosition(self.train_sampler, cfg.SOLVER.IMS_PER_BATCH)
             out.append(self._data_stream)
         else:
             logger.warning(
@@ -333,20 +392,22 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         """Detectron2's ``resume_or_load`` (``resume``: the newest readable checkpoint of
-        ``OUTPUT_DIR`` with everything it holds), after the output-folder guard; a resumed run
-        continues the sampler's stream and reseeds the random augmentations by iteration.
+        ``OUTPUT_DIR`` with everything it holds), after the output-folder guard (unless the caller
+        checked the run); a resumed run continues the sampler's stream and reseeds the random
+        augmentations by iteration.
 
         Raises:
             mayolact.engine.checks.PreflightError: ``resume`` is False and ``OUTPUT_DIR`` holds
                 another run's checkpoints (unless ``SOLVER.YOLACT.OVERWRITE_CHECKPOINTS``).
         """
-        check_output_dir(self.cfg, resume)
+        if not self._checked:
+            check_output_dir(self.cfg, resume)
         if comm.is_main_process() and hasattr(self.checkpointer, "remove_partial_saves"):
             self.checkpointer.remove_partial_saves()
         super().resume_or_load(resume=resume)
         if self.start_iter == 0:
             return
-        stream = getattr(self, "_data_stream", None)
+        stream = self._data_stream
         if stream is not None and not stream.restored:
             # A checkpoint without the stream's position: the images of the iterations it holds.
             stream.sampler.set_position(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
@@ -358,24 +419,48 @@ class Trainer(DefaultTrainer):
             seed_all_rng(int(seq.generate_state(1)[0]) % 2**31)
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        """Detectron2's train loader with the YOLACT mapper and, for ``TrainingSampler``, a
-        :class:`~mayolact.data.samplers.ResumableTrainingSampler`. Checks the training sets
-        first: their class count and that some image has a GT the mapper keeps."""
-        from mayolact.data.dataset_mapper import YOLACTDatasetMapper, check_trainable
-        from mayolact.data.samplers import ResumableTrainingSampler
+    def build_train_dataset(cls, cfg) -> List[dict]:
+        """The dataset dicts of ``DATASETS.TRAIN`` (Detectron2's
+        ``get_detection_dataset_dicts``), checked: some image has a ground truth the mapper keeps
+        (:func:`mayolact.data.dataset_mapper.check_trainable`)."""
+        from mayolact.data.dataset_mapper import check_trainable
 
         names = cfg.DATASETS.TRAIN
         dicts = get_detection_dataset_dicts(
             names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        check_num_classes(cfg, "DATASETS.TRAIN", names)
         check_trainable(dicts, names, cfg.INPUT.YOLACT.MIN_GT_SIZE, resolved_num_classes(cfg))
-        sampler = None  # Detectron2 builds the other DATALOADER.SAMPLER_TRAIN
-        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
-            sampler = ResumableTrainingSampler(len(dicts))
+        return dicts
+
+    @classmethod
+    def build_train_sampler(cls, cfg, size: int):
+        """A :class:`~mayolact.data.samplers.ResumableTrainingSampler` over ``size`` images for
+        ``DATALOADER.SAMPLER_TRAIN: TrainingSampler``; None for Detectron2's other samplers
+        (``build_detection_train_loader`` builds them from the config)."""
+        from mayolact.data.samplers import ResumableTrainingSampler
+
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return None
+        return ResumableTrainingSampler(size)
+
+    @classmethod
+    def build_train_loader(cls, cfg, dataset: Optional[List[dict]] = None, sampler=None):
+        """Detectron2's train loader with the YOLACT mapper.
+
+        Args:
+            cfg: the run's config.
+            dataset: dataset dicts (default: :meth:`build_train_dataset`).
+            sampler: the loader's sampler; default: :meth:`build_train_sampler` when ``dataset``
+                is not given, else the one Detectron2 builds from the config.
+        """
+        from mayolact.data.dataset_mapper import YOLACTDatasetMapper
+
+        if dataset is None:
+            dataset = cls.build_train_dataset(cfg)
+            if sampler is None:
+                sampler = cls.build_train_sampler(cfg, len(dataset))
         return build_detection_train_loader(
-            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dicts, sampler=sampler
+            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dataset, sampler=sampler
         )
 
     @classmethod
@@ -402,18 +487,3 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_mayolact_evaluator(cfg, dataset_name, output_folder)
 
-
-def _find_resumable_sampler(loader, depth: int = 6):
-    """The :class:`ResumableTrainingSampler` inside a Detectron2 train loader (a ``DataLoader`` of
-    a ``ToIterableDataset``, maybe under an ``AspectRatioGroupedDataset``), or None."""
-    from mayolact.data.samplers import ResumableTrainingSampler
-
-    if isinstance(loader, ResumableTrainingSampler):
-        return loader
-    if depth == 0 or loader is None:
-        return None
-    for attr in ("sampler", "dataset"):
-        found = _find_resumable_sampler(getattr(loader, attr, None), depth - 1)
-        if found is not None:
-            return found
-    return None

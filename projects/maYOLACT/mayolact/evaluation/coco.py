@@ -534,7 +534,15 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
             self._logger.info("Annotations are not available for evaluation.")
             return
 
-        self._logger.info(f"Evaluating predictions with {self._backend} ...")
+        max_dets = self._max_dets_per_image[2]
+        self._logger.info(f"Evaluating predictions with {self._backend} at maxDets {max_dets} "
+                          "(TEST.DETECTIONS_PER_IMAGE) ...")
+        if max_dets != 100:
+            self._logger.warning(
+                f"AP is computed with at most {max_dets} detections per image "
+                f"(TEST.DETECTIONS_PER_IMAGE {max_dets}, which also caps the model's output), not "
+                "COCO's standard 100: set TEST.DETECTIONS_PER_IMAGE 100 for numbers comparable "
+                "with published COCO AP")
         for task in sorted(tasks):
             coco_eval = (
                 run_coco_eval(

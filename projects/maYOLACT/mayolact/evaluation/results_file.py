@@ -1,6 +1,5 @@
 """COCO AP and optimal LRP of a saved COCO results json, without a model (``tools/evaluate.py``)."""
 import logging
-import math
 import os
 import tempfile
 from typing import Dict, Optional, Sequence
@@ -9,6 +8,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.utils.logger import create_small_table
 
+from mayolact.data.datasets import unregistered_message
+from mayolact.utils.events import finite_or_none
 from mayolact.utils.file_io import write_json_atomic
 
 from .coco import (
@@ -35,10 +36,8 @@ class InputError(ValueError):
 def gt_json_of_dataset(name: str, work_dir: str) -> str:
     """The COCO json of a registered dataset (converted into ``work_dir`` when it has none)."""
     if name not in DatasetCatalog.list():
-        close = [n for n in DatasetCatalog.list() if name.split("_")[0] in n][:10]
-        raise InputError(
-            f"dataset {name!r} is not registered" + (f" (similar: {close})" if close else "")
-        )
+        raise InputError(unregistered_message(
+            name, "for a dataset of your own, give its COCO json with --gt instead of --dataset"))
     meta = MetadataCatalog.get(name)
     json_file = getattr(meta, "json_file", None)
     if json_file:
@@ -46,14 +45,6 @@ def gt_json_of_dataset(name: str, work_dir: str) -> str:
     path = os.path.join(work_dir, f"{name}_coco_format.json")
     convert_to_coco_json(name, path, allow_cached=False)
     return path
-
-
-def _finite_or_none(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    return obj
 
 
 def evaluate_results_file(
@@ -143,6 +134,6 @@ def evaluate_results_file(
         print(f"\n{task} ({results_file}):\n" + create_small_table(summary))
     if output:
         # NaN (e.g. AP of a class without GT) is written as null: strict json.
-        write_json_atomic(output, _finite_or_none(metrics), indent=2)
+        write_json_atomic(output, finite_or_none(metrics), indent=2)
         print(f"\nmetrics written to {output}")
     return metrics
