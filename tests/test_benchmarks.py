@@ -38,9 +38,8 @@ def test_fast_nms_benchmark_checks_and_prints(capsys):
 
 
 def test_weights_load_benchmark_prints_the_table(capsys):
-    from benchmark_weights_load import main
-
-    rows = main(["--config-file", str(QUICK), "--repeats", "1"])
+    rows = load_tool("benchmark_weights_load").main(
+        ["--config-file", str(QUICK), "--repeats", "1"])
     out = capsys.readouterr().out
     assert [name for name, _ in rows] == [
         "torch.load(weights_only=True)", "CRC-32 of every member", "finiteness of every tensor",
