@@ -41,6 +41,8 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
+from mayolact.config.config import resolved_num_classes
+
 __all__ = [
     "COCO_MINI_HINT",
     "coco_mini_root",
@@ -300,12 +302,8 @@ def resolve_num_classes(cfg) -> int:
     Raises:
         ValueError: a negative value, or 0 with no dataset that has a class list.
     """
-    n = cfg.MODEL.YOLACT.NUM_CLASSES
-    if n > 0:
-        return n
-    if n < 0:
-        raise ValueError(
-            f"MODEL.YOLACT.NUM_CLASSES must be >= 1, or 0 for the training set's, got {n}")
+    if cfg.MODEL.YOLACT.NUM_CLASSES != 0:
+        return resolved_num_classes(cfg)  # a value, or the error for a negative one
     names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
     hint = "set MODEL.YOLACT.NUM_CLASSES to the number of foreground classes"
     if not names:
