@@ -117,7 +117,8 @@ def add_mayolact_config(cfg):
     d.MIN_CROP_SIZE = 0.3  # minimum crop side, relative to the image
     d.FLIP_PROB = 0.5  # horizontal flip probability
     d.INTEGRAL_IMAGES = True  # the train mapper emits per-instance integral images (for maIoU)
-    d.MAX_RESAMPLE = 100  # tries to draw an image that still has a GT after augmentation
+    d.MAX_RESAMPLE = 100  # training draws in a row without a GT left (each re-drawn) before an
+                          # error
 
     # ----------------------------------------------------------- solver
     _C.SOLVER.YOLACT = CN()

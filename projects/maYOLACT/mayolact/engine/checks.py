@@ -17,6 +17,7 @@ from detectron2.data import DatasetCatalog
 from mayolact.checkpoint.checkpointer import find_checkpoints
 from mayolact.config.config import resolved_num_classes
 from mayolact.data.datasets import dataset_classes
+from mayolact.data.validation import AnnotationError, check_registered_datasets
 
 __all__ = [
     "PreflightError",
@@ -152,7 +153,9 @@ def preflight(cfg, *, train: bool, resume: bool = False) -> None:
     * ``OUTPUT_DIR`` can be written;
     * to train: ``OUTPUT_DIR`` holds no other run's checkpoints unless resuming or overwriting
       (:func:`check_output_dir`);
-    * ``MODEL.YOLACT.NUM_CLASSES`` matches every dataset it uses (:func:`check_num_classes`).
+    * ``MODEL.YOLACT.NUM_CLASSES`` matches every dataset it uses (:func:`check_num_classes`);
+    * every annotation and image file of the COCO-json datasets it uses is valid
+      (:func:`mayolact.data.validation.check_registered_datasets`: seconds, or a cached verdict).
 
     Args:
         cfg: the run's config.
@@ -160,7 +163,8 @@ def preflight(cfg, *, train: bool, resume: bool = False) -> None:
         resume (bool): the run resumes the one in ``OUTPUT_DIR``.
 
     Raises:
-        PreflightError: the first problem found.
+        PreflightError: the first problem found; for annotations that cannot be used or
+            missing image files, each of them (file, image, annotation id, field, reason).
     """
     used = [("DATASETS.TRAIN", cfg.DATASETS.TRAIN)] if train else []
     used.append(("DATASETS.TEST", cfg.DATASETS.TEST))
@@ -171,3 +175,8 @@ def preflight(cfg, *, train: bool, resume: bool = False) -> None:
         check_output_dir(cfg, resume)
     for key, names in used:
         check_num_classes(cfg, key, names)
+    for key, names in used:
+        try:
+            check_registered_datasets(names, for_evaluation=key == "DATASETS.TEST")
+        except (AnnotationError, FileNotFoundError) as e:
+            raise PreflightError(f"{key}: {e}") from e

@@ -359,13 +359,21 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader with the YOLACT mapper and, for ``TrainingSampler``, a
+        """Detectron2's train loader with the YOLACT mapper behind a
+        :class:`~mayolact.data.common.YOLACTMapDataset` (a seed per draw, images without a GT
+        left re-drawn) and, for ``TrainingSampler``, a
         :class:`~mayolact.data.samplers.ResumableTrainingSampler`. Checks the training sets
-        first: their class count and that some image has a GT the mapper keeps."""
+        first: their annotations, before anything reads them; their class count; that some image
+        has a GT the mapper keeps."""
+        from detectron2.data import DatasetFromList
+
+        from mayolact.data.common import YOLACTMapDataset
         from mayolact.data.dataset_mapper import YOLACTDatasetMapper, check_trainable
         from mayolact.data.samplers import ResumableTrainingSampler
+        from mayolact.data.validation import check_registered_datasets
 
         names = cfg.DATASETS.TRAIN
+        check_registered_datasets(names)
         dicts = get_detection_dataset_dicts(
             names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
@@ -374,14 +382,21 @@ class Trainer(DefaultTrainer):
         sampler = None  # Detectron2 builds the other DATALOADER.SAMPLER_TRAIN
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dicts))
-        return build_detection_train_loader(
-            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dicts, sampler=sampler
-        )
+        mapper = YOLACTDatasetMapper(cfg, is_train=True)
+        kwargs = build_detection_train_loader.from_config(
+            cfg, mapper=mapper, dataset=dicts, sampler=sampler)
+        kwargs["dataset"] = YOLACTMapDataset(
+            DatasetFromList(dicts, copy=False), mapper,
+            max_resample=cfg.INPUT.YOLACT.MAX_RESAMPLE, names=names)
+        kwargs["mapper"] = None  # mapped by the dataset above
+        return build_detection_train_loader(**kwargs)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         from mayolact.data.dataset_mapper import YOLACTDatasetMapper
+        from mayolact.data.validation import check_registered_datasets
 
+        check_registered_datasets([dataset_name], for_evaluation=True)
         return build_detection_test_loader(
             cfg, dataset_name, mapper=YOLACTDatasetMapper(cfg, is_train=False)
         )
