@@ -129,10 +129,12 @@ def add_mayolact_config(cfg):
                          # runs)
     s.OVERWRITE_CHECKPOINTS = False  # let a run without --resume start in an OUTPUT_DIR holding
                                      # checkpoints
-    s.DIVERGENCE_FACTOR = 20.0  # stop when the total loss exceeds this times its recent median
-                                # (0: off)
-    s.DIVERGENCE_WINDOW = 20  # iterations whose median total loss DIVERGENCE_FACTOR compares
-                              # against
+    s.DIVERGENCE_WINDOW = 20  # losses per median of the divergence guard; also the iterations a
+                              # periodic checkpoint waits before it is published
+    s.DIVERGENCE_RISE = 3.0  # stop when the window's median total loss exceeds this times its
+                             # lowest value in the run (0: off)
+    s.DIVERGENCE_CEILING = 100.0  # stop when one total loss exceeds this times the median of the
+                                  # run's first window (0: off)
     s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is
                            # empty
 

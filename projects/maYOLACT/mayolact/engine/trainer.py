@@ -43,6 +43,7 @@ from mayolact.engine.hooks import (
     DataStreamPosition,
     DivergenceGuard,
     GracefulStop,
+    SaveOnError,
     StagedPeriodicCheckpointer,
     watch_parent,
 )
@@ -299,19 +300,23 @@ class Trainer(DefaultTrainer):
         return self._fault_tolerant_hooks(built)
 
     def _fault_tolerant_hooks(self, built):
-        """Detectron2's hooks with the checkpointer replaced by the staged one behind the
-        divergence guard, the graceful stop right after it, and the data-stream position."""
+        """Detectron2's hooks with the save-on-error hook first, the checkpointer replaced by the
+        staged one behind the divergence guard, the graceful stop right after it, and the
+        data-stream position."""
         cfg = self.cfg
+        s = cfg.SOLVER.YOLACT
         out, checkpoint_hook = [], None
         for h in built:
             if isinstance(h, hooks.PeriodicCheckpointer):  # main process only
-                checkpoint_hook = StagedPeriodicCheckpointer(h.checkpointer, h.period, h.max_iter)
+                checkpoint_hook = StagedPeriodicCheckpointer(
+                    h.checkpointer, h.period, h.max_iter, probation=s.DIVERGENCE_WINDOW)
                 guard = DivergenceGuard(
-                    cfg.SOLVER.YOLACT.DIVERGENCE_FACTOR, cfg.SOLVER.YOLACT.DIVERGENCE_WINDOW
-                )
+                    s.DIVERGENCE_WINDOW, s.DIVERGENCE_RISE, s.DIVERGENCE_CEILING)
                 out += [guard, checkpoint_hook]
             else:
                 out.append(h)
+        # First: it marks an iteration complete before any later hook can fail.
+        out.insert(0, SaveOnError(checkpoint_hook))
         # The stop check follows the checkpointer and precedes evaluation and writers.
         if checkpoint_hook is not None:
             at = out.index(checkpoint_hook) + 1
