@@ -147,6 +147,8 @@ def add_mayolact_config(cfg):
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
     t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float
                         # rounding)
+    t.MAX_IMAGE_PIXELS = 2048 * 2048  # YOLACTPredictor: larger images are shrunk to this many
+                                      # pixels first, bounding the full-size masks (0: off)
 
 
 def resolved_num_classes(cfg) -> int:
