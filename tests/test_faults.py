@@ -474,6 +474,9 @@ def test_guard_stops_on_a_ceiling_a_sustained_rise_and_non_finite_losses():
     with pytest.raises(TrainingDiverged, match="iteration 8: the median total_loss of the last "
                                                "5 .* 31, .* SOLVER.YOLACT.DIVERGENCE_RISE = 3"):
         run(steady + [31.0, 32.0, 8.0, 33.0])  # three of the last five high
+    with pytest.raises(TrainingDiverged, match="iteration 2: total_loss 2001 is above .* the "
+                                               "median of the run's first 2 losses"):
+        run([10.0, 9.0, 2001.0])  # an explosion before the first window is complete
     with pytest.raises(TrainingDiverged, match="iteration 6: total_loss is nan"):
         run(steady + [10.0, float("nan")])
     for bad in ({"window": 0}, {"rise": 1.0}, {"ceiling": float("inf")}):

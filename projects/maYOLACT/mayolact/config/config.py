@@ -134,7 +134,7 @@ def add_mayolact_config(cfg):
     s.DIVERGENCE_RISE = 3.0  # stop when the window's median total loss exceeds this times its
                              # lowest value in the run (0: off)
     s.DIVERGENCE_CEILING = 100.0  # stop when one total loss exceeds this times the median of the
-                                  # run's first window (0: off)
+                                  # run's first window (of the losses so far within it; 0: off)
     s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is
                            # empty
 

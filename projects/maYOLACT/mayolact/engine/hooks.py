@@ -106,7 +106,8 @@ class DivergenceGuard(HookBase):
        trains on every negative with normaliser 1 (docs/official_implementation.md §7.1), a loss
        tens of times the usual one that says nothing about the weights;
     3. ``total_loss`` above ``ceiling`` times the median of the run's first ``window`` judged
-       losses stops at once (an explosion);
+       losses (of those so far, during the first window) stops at once (an explosion, also one
+       in the first iterations);
     4. the median of the last ``window`` judged losses above ``rise`` times the lowest such median
        of the run stops (a sustained rise: half the window must be high, so one spike never is).
 
@@ -133,18 +134,19 @@ class DivergenceGuard(HookBase):
         self.rise = float(rise)
         self.ceiling_factor = float(ceiling)
         self._recent = collections.deque(maxlen=self.window)
-        self.reference = None  # median of the first window
+        self.reference = None  # median of the first window's losses (of those so far, until full)
+        self._reference_fixed = False
         self.best_median = math.inf
         self.zero_positive_iterations = 0
 
     def before_train(self):
         self._recent.clear()
-        self.reference, self.best_median = None, math.inf
+        self.reference, self._reference_fixed, self.best_median = None, False, math.inf
         self.zero_positive_iterations = 0
 
     @property
     def ceiling(self) -> Optional[float]:
-        """The current bound of a single loss (None until the first window is complete)."""
+        """The current bound of a single loss (None before the first judged loss)."""
         if self.reference is None or self.ceiling_factor == 0:
             return None
         return self.ceiling_factor * self.reference
@@ -184,15 +186,17 @@ class DivergenceGuard(HookBase):
                            smoothing_hint=False)
         ceiling = self.ceiling
         if ceiling is not None and loss > ceiling:
+            first = self.window if self._reference_fixed else len(self._recent)
             self._stop(it, f"total_loss {loss:.4g} is above SOLVER.YOLACT.DIVERGENCE_CEILING = "
                            f"{self.ceiling_factor:g} times {self.reference:.4g}, the median of the "
-                           f"run's first {self.window} losses")
+                           f"run's first {first} losses")
         self._recent.append(loss)
+        median = statistics.median(self._recent)
+        if not self._reference_fixed:
+            self.reference = median
         if len(self._recent) < self.window:
             return
-        median = statistics.median(self._recent)
-        if self.reference is None:
-            self.reference = median
+        self._reference_fixed = True
         self.best_median = min(self.best_median, median)
         if self.rise > 0 and median > self.rise * self.best_median:
             self._stop(it, f"the median total_loss of the last {self.window} iterations "
