@@ -153,7 +153,7 @@ def make_broken_coco(coco_root, out_dir, split: str = "val") -> Dict[str, tuple]
     import copy
     import json
 
-    coco_root, out_dir = Path(coco_root), Path(out_dir)
+    coco_root, out_dir = Path(coco_root).resolve(), Path(out_dir)
     with open(coco_root / "annotations" / f"instances_{split}2017.json") as f:
         data = json.load(f)
     images = {img["id"]: img for img in data["images"]}

@@ -222,7 +222,8 @@ def format_reports(reports: Sequence[DatasetReport], cfg=None, limit: int = 20) 
         n = sum(len(a) for a in anchors_for_input(cfg))
         matcher = f" ({y.MATCHER}{quality}, {n:,} anchors at {cfg.INPUT.YOLACT.SIZE})"
     for r in reports:
-        lines.append(f"== {r.name}" + (f" ({r.source})" if r.source else ""))
+        lines.append(f"== {r.name}" + (f" ({r.source})" if r.source and r.source != r.name
+                                        else ""))
         warnings = [p for p in r.problems if p.severity == "warning"]
         lines.append(f"  annotations: {len(r.errors)} error(s), {len(warnings)} warning(s)")
         for p in (r.errors + warnings)[:limit]:
