@@ -294,6 +294,16 @@ def test_verdict_is_cached_by_content(tmp_path, monkeypatch):
     (tmp_path / "a.png").unlink()  # image files are looked up every time
     assert [p.field for p in validate_coco_json(str(path), image_root=str(tmp_path))] == [
         "file_name"]
+    copy = tmp_path / "copy.json"  # the same content elsewhere: the cached verdict, its name
+    data = _coco(tmp_path)
+    data["annotations"][0]["category_id"] = 4
+    path.write_text(json.dumps(data))
+    copy.write_text(json.dumps(data))
+    monkeypatch.undo()
+    monkeypatch.setenv("MAYOLACT_CACHE", str(tmp_path / "cache"))
+    assert str(validate_coco_json(str(path))[0]).startswith(str(path))
+    validation._memo.clear()
+    assert str(validate_coco_json(str(copy))[0]).startswith(str(copy))
     monkeypatch.undo()
     monkeypatch.setenv("MAYOLACT_CACHE", str(tmp_path / "cache"))
     data = _coco(tmp_path)

@@ -750,7 +750,9 @@ def validate_coco_json(json_file: str, *, image_root: Optional[str] = None,
         if use_cache:
             with _memo_lock:
                 _memo[memo_key] = found
-    problems = list(found[0])
+    # The verdict is the content's: name the file it was read from this time.
+    problems = [dataclasses.replace(p, source=json_file) if p.source != json_file else p
+                for p in found[0]]
     if image_root is not None:
         problems = [dataclasses.replace(p, file_name=os.path.join(image_root, p.file_name))
                     if p.file_name else p for p in problems]
