@@ -83,8 +83,10 @@ def test_crowd_image_maps_or_is_redrawn_for_every_seed(coco_train):
 
 @pytest.mark.slow
 def test_soak_thousands_of_draws_over_coco_mini_train(coco_train):
-    """2,000 training draws, the crowd images drawn 20 times as often: 0 exceptions."""
-    mapper = _quick_mapper(**{"INPUT.YOLACT.INTEGRAL_IMAGES": False})
+    """2,000 training draws, the crowd images drawn 20 times as often: 0 exceptions. (Without the
+    photometric distortion, which moves no box, and the integral images: half the time.)"""
+    mapper = _quick_mapper(**{"INPUT.YOLACT.INTEGRAL_IMAGES": False,
+                              "INPUT.YOLACT.PHOTOMETRIC": False})
     ds = YOLACTMapDataset(coco_train, mapper, names=("coco_mini_train",))
     weights = np.array([20.0 if any(a["iscrowd"] for a in d["annotations"]) else 1.0
                         for d in coco_train])
