@@ -193,3 +193,71 @@ def logged(*names):
         for lg, level in zip(loggers, levels):
             lg.removeHandler(handler)
             lg.setLevel(level)
+def make_broken_coco(coco_root, out_dir, split: str = "val") -> Dict[str, tuple]:
+    """A copy of coco_mini's ``split`` json with one of each annotation fault, in ``out_dir``.
+
+    The images are not copied: ``out_dir/<split>2017`` links to coco_mini's folder. Faults (name:
+    (field, annotation id or image id)): a NaN polygon coordinate, a 1e9 one, a 2-point polygon,
+    a crowd RLE whose counts sum to less than h x w, a counts string ``"abc"``, a box entirely
+    outside its image, an unknown category id, a duplicated image id, a missing image file.
+
+    Returns:
+        dict: fault name -> (field, id); ``out_dir/annotations/instances_<split>2017.json`` and
+        the image folder are written.
+    """
+    import copy
+    import json
+
+    coco_root, out_dir = Path(coco_root).resolve(), Path(out_dir)
+    with open(coco_root / "annotations" / f"instances_{split}2017.json") as f:
+        data = json.load(f)
+    images = {img["id"]: img for img in data["images"]}
+    polys = [a for a in data["annotations"]
+             if not a["iscrowd"] and isinstance(a["segmentation"], list)
+             and len(a["segmentation"][0]) >= 8]
+    crowd = [a for a in data["annotations"] if a["iscrowd"]]
+    faults = {}
+
+    def fault(name, ann, field):
+        faults[name] = (field, ann["id"])
+
+    nan, huge, two, outside, unknown, abc = polys[:6]
+    nan["segmentation"][0][3] = float("nan")
+    fault("NaN polygon coordinate", nan, "segmentation")
+    huge["segmentation"][0][0] = 1e9
+    fault("1e9 polygon coordinate", huge, "segmentation")
+    two["segmentation"] = [two["segmentation"][0][:4]]
+    fault("2-point polygon", two, "segmentation")
+    img = images[outside["image_id"]]
+    outside["bbox"] = [img["width"] + 10.0, 5.0, 20.0, 20.0]
+    fault("box entirely outside its image", outside, "bbox")
+    unknown["category_id"] = 999
+    fault("unknown category id", unknown, "category_id")
+    abc["segmentation"] = {"size": [images[abc["image_id"]]["height"],
+                                    images[abc["image_id"]]["width"]], "counts": "abc"}
+    fault("RLE counts string 'abc'", abc, "segmentation")
+    if crowd:
+        short = crowd[0]
+        short["segmentation"]["counts"] = short["segmentation"]["counts"][:-1]
+    else:  # coco_mini val has no crowd region: make one
+        short = copy.deepcopy(polys[6])
+        short.update(id=900000001, iscrowd=1,
+                     segmentation={"size": [images[short["image_id"]]["height"],
+                                            images[short["image_id"]]["width"]], "counts": [5, 7]})
+        data["annotations"].append(short)
+    fault("crowd RLE with short counts", short, "segmentation")
+    dup = copy.deepcopy(data["images"][0])
+    dup["file_name"] = data["images"][1]["file_name"]
+    data["images"].append(dup)
+    faults["duplicated image id"] = ("id", dup["id"])
+    missing = dict(copy.deepcopy(data["images"][2]), id=900000002, file_name="missing.jpg")
+    data["images"].append(missing)
+    data["annotations"].append(dict(copy.deepcopy(polys[7]), id=900000003, image_id=missing["id"]))
+    faults["missing image file"] = ("file_name", missing["id"])
+    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "annotations" / f"instances_{split}2017.json", "w") as f:
+        json.dump(data, f)
+    link = out_dir / f"{split}2017"
+    if not link.exists():
+        link.symlink_to(coco_root / f"{split}2017", target_is_directory=True)
+    return faults

@@ -29,6 +29,7 @@ from mayolact.data.augmentation import (
     build_yolact_train_augmentation,
     filter_small_gts,
 )
+from mayolact.data.common import YOLACTMapDataset
 from mayolact.data.dataset_mapper import YOLACTDatasetMapper, decode_segmentations
 from mayolact.data.datasets import register_coco_mini
 
@@ -520,18 +521,14 @@ def test_mapper_drops_empty_masks_and_resamples(synthetic):
     out = YOLACTDatasetMapper(no_aug_cfg(), is_train=True)(d)
     assert out["instances"].gt_classes.tolist() == [7]
     assert out["instances"].gt_masks.tensor.flatten(1).any(1).all()
-    # Only small or crowd GTs: None, then an error after MAX_RESAMPLE images in a row.
+    # Only small or crowd GTs: None; the training dataset draws another image instead.
     small = dict(d, annotations=[synthetic[0]["annotations"][1], synthetic[0]["annotations"][3]])
-    mapper = YOLACTDatasetMapper(no_aug_cfg(MAX_RESAMPLE=3), is_train=True)
-    assert mapper(small) is None and mapper(dict(small, annotations=[])) is None
-    assert mapper(synthetic[0]) is not None  # a success resets the count
-    assert mapper(small) is None and mapper(small) is None
-    with pytest.raises(RuntimeError, match="MAX_RESAMPLE"):
-        mapper(small)
-    # Detectron2's MapDataset retries another index when the mapper returns None.
     mapper = YOLACTDatasetMapper(no_aug_cfg(), is_train=True)
-    ds = MapDataset([small, synthetic[0]], mapper)
+    assert mapper(small) is None and mapper(dict(small, annotations=[])) is None
+    ds = YOLACTMapDataset([small, synthetic[0]], mapper)
     assert ds[0]["image_id"] == 7 and len(ds[0]["instances"]) == 2
+    # Detectron2's own MapDataset still works with the mapper.
+    assert MapDataset([small, synthetic[0]], mapper)[0]["image_id"] == 7
 
 
 def test_mapper_errors_name_file_and_field(synthetic, tmp_path):
@@ -698,8 +695,8 @@ def test_aug_input_checks():
         YOLACTAugInput(img, boxes=np.zeros((1, 4)), masks=np.zeros((1, 5, 5), np.uint8))
     with pytest.raises(ValueError, match="2 masks for 1 boxes"):
         YOLACTAugInput(img, boxes=np.zeros((1, 4)), masks=np.zeros((2, 10, 10), np.uint8))
-    with pytest.raises(ValueError, match="max_resample"):
-        YOLACTDatasetMapper(no_aug_cfg(MAX_RESAMPLE=0), is_train=True)
+    with pytest.raises(ValueError, match="MAX_RESAMPLE"):
+        YOLACTMapDataset([], YOLACTDatasetMapper(no_aug_cfg(), is_train=True), max_resample=0)
 
 
 def test_register_coco_mini_absent_folder(tmp_path, monkeypatch):

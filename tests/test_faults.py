@@ -25,17 +25,24 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
-from detectron2.engine import default_argument_parser
+from detectron2.engine import TrainerBase, default_argument_parser
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import mayolact  # noqa: F401  (registers everything)
 from mayolact.checkpoint.checkpointer import CheckpointError, YOLACTCheckpointer, find_checkpoints
 from mayolact.config.config import add_mayolact_config
+from mayolact.data.common import DataError
+from mayolact.data.dataset_check import replay
 from mayolact.data.datasets import register_coco_with_ids
 from mayolact.data.samplers import ResumableTrainingSampler
 from mayolact.engine.checks import PreflightError, check_output_dir, check_writable
-from mayolact.engine.hooks import DivergenceGuard, StagedPeriodicCheckpointer, TrainingDiverged
+from mayolact.engine.hooks import (
+    DivergenceGuard,
+    SaveOnError,
+    StagedPeriodicCheckpointer,
+    TrainingDiverged,
+)
 from mayolact.evaluation import build_mayolact_evaluator, olrp_from_matches
 
 from common import (
@@ -374,26 +381,135 @@ class _FakeTrainer(SimpleNamespace):
     pass
 
 
-def test_divergence_guard_bounds_the_loss_by_its_recent_median():
-    guard = DivergenceGuard(factor=10.0, window=3)
-    with EventStorage(0) as storage:
-        guard.trainer = _FakeTrainer(storage=storage, iter=0)
-        guard.before_train()
-        for it, loss in enumerate([8.0, 6.0, 50.0, 7.0, 5.0, 4.0, 45.0]):
-            guard.trainer.iter = it
-            storage.iter = it
-            storage.put_scalar("total_loss", loss)
-            guard.after_step()  # 50 < 10 x median(8, 6); 45 < 10 x median(7, 5, 4)
-        guard.trainer.iter = storage.iter = 7
-        storage.put_scalar("total_loss", 51.0)
-        with pytest.raises(TrainingDiverged, match="iteration 7.*DIVERGENCE_FACTOR = 10"):
-            guard.after_step()
-        guard.trainer.iter = storage.iter = 8
-        storage.put_scalar("total_loss", float("nan"))
-        with pytest.raises(TrainingDiverged, match="iteration 8: total_loss is nan"):
-            guard.after_step()
-    with pytest.raises(ValueError, match="DIVERGENCE_WINDOW"):
-        DivergenceGuard(10.0, 0)
+class _LossTrainer(TrainerBase):
+    """Detectron2's ``TrainerBase`` whose step writes an injected loss (and positives) and sets
+    the model's weight to the iteration, so a checkpoint tells which weights it holds."""
+
+    def __init__(self, losses, positives=None, fail_at=None, error=OSError):
+        super().__init__()
+        self.model = torch.nn.Linear(1, 1)
+        self.losses, self.positives = list(losses), positives or {}
+        self.fail_at, self.error = fail_at, error
+
+    def run_step(self):
+        it = self.iter
+        if it == self.fail_at:
+            raise self.error(f"injected at iteration {it}")
+        with torch.no_grad():
+            self.model.weight.fill_(float(it))
+        self.storage.put_scalar("total_loss", self.losses[it])
+        self.storage.put_scalar("num_pos_anchors", self.positives.get(it, 10.0))
+
+
+def _guarded(tmp_path, losses, period, positives=None, window=20, **kw):
+    trainer = _LossTrainer(losses, positives, **kw)
+    checkpointer = YOLACTCheckpointer(trainer.model, str(tmp_path), trainer=trainer)
+    ckpt = StagedPeriodicCheckpointer(checkpointer, period, len(losses), probation=window)
+    guard = DivergenceGuard(window=window)
+    trainer.register_hooks([SaveOnError(ckpt), guard, ckpt])
+    return trainer, guard
+
+
+def _published(tmp_path):
+    return sorted(torch.load(p, map_location="cpu", weights_only=False)["iteration"]
+                  for p in find_checkpoints(str(tmp_path)))
+
+
+def atss_like_losses(n=200, seed=5):
+    """A healthy run as the ATSS quick run (batch 1): losses around 40 with a noise of 25%,
+    a zero-positive iteration of 1,391 (OHEM over every negative) and a few single spikes of
+    20-30x the median on iterations with positives."""
+    rng = np.random.default_rng(seed)
+    losses = list(120 * np.exp(-np.arange(n) / 15) + 38 * (1 + 0.25 * rng.standard_normal(n)))
+    positives = {}
+    for it, value in ((29, 358.4), (147, 1391.0), (171, 900.0)):
+        if it < n:
+            losses[it], positives[it] = value, 0.0
+    for it in (60, 110, 160):
+        if it < n:
+            losses[it] = 30 * 38.0
+    return losses, positives
+
+
+def test_guard_trains_through_spikes_and_zero_positive_iterations(tmp_path):
+    losses, positives = atss_like_losses()
+    trainer, guard = _guarded(tmp_path, losses, period=25, positives=positives)
+    trainer.train(0, len(losses))
+    assert guard.zero_positive_iterations == 3
+    assert trainer.storage.latest()["zero_positive_iterations"][0] == 3
+    # Every periodic checkpoint, and model_final (iteration 199 as well).
+    assert _published(tmp_path) == [24, 49, 74, 99, 124, 149, 174, 199, 199]
+    # The previous rule (20x the median of the last 20) stopped this run at iteration 147.
+    assert losses[147] > 20 * np.median(losses[127:147])
+
+
+def test_guard_stops_on_a_ceiling_a_sustained_rise_and_non_finite_losses():
+    def run(losses, positives=None):
+        guard = DivergenceGuard(window=5, rise=3.0, ceiling=100.0)
+        with EventStorage(0) as storage:
+            guard.trainer = _FakeTrainer(storage=storage, iter=0)
+            guard.before_train()
+            for it, loss in enumerate(losses):
+                guard.trainer.iter = storage.iter = it
+                storage.put_scalar("total_loss", loss)
+                storage.put_scalar("num_pos_anchors", (positives or {}).get(it, 4.0))
+                guard.after_step()
+        return guard
+
+    steady = [10.0, 9.0, 11.0, 10.0, 10.0]
+    run(steady + [500.0, 10.0, 9.0] + [990.0])  # spikes below the ceiling (100 x 10) pass
+    with pytest.raises(TrainingDiverged, match="iteration 5: total_loss 1001 is above "
+                                               "SOLVER.YOLACT.DIVERGENCE_CEILING = 100"):
+        run(steady + [1001.0])
+    guard = run(steady + [5000.0], positives={5: 0.0})  # ... unless the batch had no positive
+    assert guard.zero_positive_iterations == 1
+    run(steady + [31.0, 32.0, 8.0, 9.0, 10.0])  # two of five high: not sustained
+    with pytest.raises(TrainingDiverged, match="iteration 8: the median total_loss of the last "
+                                               "5 .* 31, .* SOLVER.YOLACT.DIVERGENCE_RISE = 3"):
+        run(steady + [31.0, 32.0, 8.0, 33.0])  # three of the last five high
+    with pytest.raises(TrainingDiverged, match="iteration 2: total_loss 2001 is above .* the "
+                                               "median of the run's first 2 losses"):
+        run([10.0, 9.0, 2001.0])  # an explosion before the first window is complete
+    with pytest.raises(TrainingDiverged, match="iteration 6: total_loss is nan"):
+        run(steady + [10.0, float("nan")])
+    for bad in ({"window": 0}, {"rise": 1.0}, {"ceiling": float("inf")}):
+        with pytest.raises(ValueError, match="DIVERGENCE_"):
+            DivergenceGuard(**bad)
+
+
+@pytest.mark.parametrize("period", [1, 5, 25])
+def test_growth_is_caught_before_a_checkpoint_holding_it_is_published(tmp_path, period):
+    """A loss growing 1.15x per iteration from 100 to 1e12, through the real hooks: the guard
+    stops the run, and no published checkpoint holds weights of the growth."""
+    losses, _ = atss_like_losses(n=60)
+    start = len(losses)
+    losses += [100 * 1.15 ** k for k in range(int(np.log(1e10) / np.log(1.15)) + 1)]
+    trainer, _ = _guarded(tmp_path, losses, period=period)
+    with pytest.raises(TrainingDiverged) as exc:
+        trainer.train(0, len(losses))
+    stopped = int(re.search(r"iteration (\d+)", str(exc.value)).group(1))
+    assert start < stopped <= start + 20, str(exc.value)  # within the probation window
+    published = _published(tmp_path)
+    assert published and max(published) < start, (published, start)
+    assert not (tmp_path / "model_final.pth").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # staged files gone
+
+
+def test_an_error_saves_the_last_completed_iteration_and_says_how_to_resume(tmp_path):
+    losses, _ = atss_like_losses(n=40)
+    trainer, _ = _guarded(tmp_path, losses, period=100, fail_at=23, error=OSError)
+    with pytest.raises(OSError) as exc:
+        trainer.train(0, len(losses))
+    notes = " ".join(getattr(exc.value, "__notes__", []))
+    assert "state after iteration 22 was saved" in notes and "--resume" in notes, notes
+    state = torch.load(tmp_path / "model_0000022.pth", map_location="cpu", weights_only=False)
+    assert state["iteration"] == 22 and float(state["model"]["weight"]) == 22.0
+    # Divergence saves nothing (its weights are not sound).
+    out = tmp_path / "diverged"
+    trainer, _ = _guarded(out, losses, period=100, fail_at=23, error=FloatingPointError)
+    with pytest.raises(FloatingPointError):
+        trainer.train(0, len(losses))
+    assert find_checkpoints(str(out)) == []
 
 
 def test_staged_checkpoint_is_dropped_when_the_next_loss_diverges(tmp_path):
@@ -418,6 +534,56 @@ def test_staged_checkpoint_is_dropped_when_the_next_loss_diverges(tmp_path):
     with pytest.raises(TrainingDiverged, match="no longer finite"):
         hook.after_step()
     assert not (tmp_path / "model_final.pth").exists()
+
+
+def _coco_with_a_corrupt_image(tmp_path, n=6, corrupt=3):
+    """A COCO json of n 64 x 48 images with one square GT each; image ``corrupt`` holds bytes
+    that are not an image (it exists, so only mapping it finds it)."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for i in range(n):
+        path = tmp_path / f"img{i}.png"
+        if i == corrupt:
+            path.write_bytes(b"not an image at all")
+        else:
+            cv2.imwrite(str(path), rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+        images.append({"id": i + 1, "file_name": path.name, "height": 48, "width": 64})
+        annotations.append({"id": 100 + i, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                            "area": 600.0, "bbox": [10.0, 10.0, 30.0, 20.0],
+                            "segmentation": [[10.0, 10.0, 40.0, 10.0, 40.0, 30.0, 10.0, 30.0]]})
+    path = tmp_path / "corrupt.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "thing"}]}))
+    return path
+
+
+@pytest.mark.slow
+def test_a_data_error_mid_run_saves_the_completed_iterations_and_resumes(tmp_path):
+    json_file = _coco_with_a_corrupt_image(tmp_path)
+    out = tmp_path / "out"
+    opts = ["--config-file", QUICK, "OUTPUT_DIR", out, "DATASETS.YOLACT.COCO_JSON",
+            f"[['corrupt17','{json_file}','{tmp_path}']]", "DATASETS.TRAIN", "('corrupt17',)",
+            "DATASETS.TEST", "()", "MODEL.YOLACT.NUM_CLASSES", "1", "INPUT.YOLACT.SIZE", "64",
+            "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "20", "SEED", "3"]
+    train_net = load_tool("train_net")
+    with pytest.raises(DataError) as exc:
+        train_net.main(train_args(*opts))
+    message = str(exc.value)
+    assert "img3.png (dataset index 3 of DATASETS.TRAIN ('corrupt17',), seed " in message
+    assert "--replay 3:" in message
+    notes = " ".join(getattr(exc.value, "__notes__", []))
+    done = int(re.search(r"state after iteration (\d+) was saved", notes).group(1))
+    assert done >= 0 and "--resume" in notes, notes
+    state = torch.load(out / f"model_{done:07d}.pth", map_location="cpu", weights_only=False)
+    assert state["iteration"] == done
+    # The replay the message gives reproduces the error; --resume continues after `done`.
+    seed = int(re.search(r"seed (\d+)\)", message).group(1))
+    with pytest.raises(OSError, match="img3.png"):
+        replay(get_config(QUICK, [str(o) for o in opts[2:]]), 3, seed)
+    (tmp_path / "img3.png").write_bytes(cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1])
+    train_net.main(train_args("--resume", *opts))
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 19
 
 
 # ---------------------------------------------------------------------- up-front checks

@@ -127,7 +127,7 @@ def test_predictor_is_a_default_predictor():
     assert any(isinstance(m, nn.BatchNorm2d) for m in pred.model.modules())  # not optimised
     with pytest.raises(ValueError, match="empty list"):
         pred([])
-    with pytest.raises(ValueError, match="BGR image"):
+    with pytest.raises(ValueError, match=r"image 0 of the batch has shape \(10, 10\)"):
         pred([np.zeros((10, 10), np.uint8)])
     cfg.INPUT.FORMAT = "YUV"
     with pytest.raises(ValueError, match="INPUT.FORMAT"):

@@ -231,7 +231,7 @@ def test_predictor_outputs_original_size():
     assert small["image"][:, 0, 0].tolist() == [3, 2, 1]
     out = pred(img)["instances"]
     assert out.pred_masks.shape[1:] == (100, 150)
-    with pytest.raises(ValueError, match="BGR image"):
+    with pytest.raises(ValueError, match=r"image has shape \(10, 10\) \(dtype uint8\)"):
         pred(np.zeros((10, 10), np.uint8))
 
 

@@ -75,8 +75,8 @@ def figure_mapper(size: int, image_format: str = "RGB", num_classes: int = ANY_C
     The photometric distortion, Expand, the min-IoU crop and the flip are left out, so every call
     on a dataset dict gives the same input: the test-time view of an image with its ground
     truths as training sees them (``gt_boxes``, ``gt_classes``, ``gt_masks`` and
-    ``gt_integral_images`` at S x S; GTs whose mask vanished dropped). It never gives up on a
-    dataset with images without GT (it returns None for them).
+    ``gt_integral_images`` at S x S; GTs whose mask vanished dropped); it returns None for an
+    image without GT.
 
     Args:
         size: S.
@@ -88,7 +88,6 @@ def figure_mapper(size: int, image_format: str = "RGB", num_classes: int = ANY_C
     return YOLACTDatasetMapper(
         is_train=True, augmentations=[SquareResize(size)], image_format=image_format,
         num_classes=num_classes, min_gt_size=min_size, integral_images=True,
-        max_resample=sys.maxsize,
     )
 
 

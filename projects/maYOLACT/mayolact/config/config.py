@@ -119,7 +119,8 @@ def add_mayolact_config(cfg):
     d.MIN_CROP_SIZE = 0.3  # minimum crop side, relative to the image
     d.FLIP_PROB = 0.5  # horizontal flip probability
     d.INTEGRAL_IMAGES = True  # the train mapper emits per-instance integral images (for maIoU)
-    d.MAX_RESAMPLE = 100  # tries to draw an image that still has a GT after augmentation
+    d.MAX_RESAMPLE = 100  # training draws in a row without a GT left (each re-drawn) before an
+                          # error
 
     # ----------------------------------------------------------- solver
     _C.SOLVER.YOLACT = CN()
@@ -130,10 +131,12 @@ def add_mayolact_config(cfg):
                          # runs)
     s.OVERWRITE_CHECKPOINTS = False  # let a run without --resume start in an OUTPUT_DIR holding
                                      # checkpoints
-    s.DIVERGENCE_FACTOR = 20.0  # stop when the total loss exceeds this times its recent median
-                                # (0: off)
-    s.DIVERGENCE_WINDOW = 20  # iterations whose median total loss DIVERGENCE_FACTOR compares
-                              # against
+    s.DIVERGENCE_WINDOW = 20  # losses per median of the divergence guard; also the iterations a
+                              # periodic checkpoint waits before it is published
+    s.DIVERGENCE_RISE = 3.0  # stop when the window's median total loss exceeds this times its
+                             # lowest value in the run (0: off)
+    s.DIVERGENCE_CEILING = 100.0  # stop when one total loss exceeds this times the median of the
+                                  # run's first window (of the losses so far within it; 0: off)
     s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is
                            # empty
 
@@ -146,6 +149,8 @@ def add_mayolact_config(cfg):
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
     t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float
                         # rounding)
+    t.MAX_IMAGE_PIXELS = 2048 * 2048  # YOLACTPredictor: larger images are shrunk to this many
+                                      # pixels first, bounding the full-size masks (0: off)
 
 
 def resolved_num_classes(cfg) -> int:

@@ -24,11 +24,12 @@ the crop); maIoU then gives them no positive anchors (docs/official_implementati
 "maIoU"). We drop them instead, so every
 GT that reaches the model has pixels.
 
-Resampling: when no GT is left (after step 3 or 6) the mapper returns ``None``. Detectron2's
-``MapDataset`` (``detectron2/data/common.py``) then maps another, randomly chosen index of the
-(map-style) dataset, as mmdet's pipeline does when it returns None; an iterable dataset skips the
-element. Returning None ``INPUT.YOLACT.MAX_RESAMPLE`` times in a row raises a ``RuntimeError``
-(a dataset with no usable GT would otherwise loop forever).
+Resampling: when no GT is left (after step 3 or 6) the mapper returns ``None``, and the training
+dataset (:class:`mayolact.data.common.YOLACTMapDataset`, Detectron2's ``MapDataset`` with a seed
+per draw) maps another, randomly chosen image instead, as mmdet's pipeline does when it returns
+None; ``INPUT.YOLACT.MAX_RESAMPLE`` draws in a row without a training input are an error there.
+The official crop may keep only crowd-box centres (docs/official_implementation.md §2.2): such a
+draw ends with no GT and is re-drawn the same way.
 
 Test: read the image, resize it bilinearly to S x S, and emit a uint8 CHW tensor; annotations are
 dropped. ``height`` / ``width`` keep the original size, so outputs can be rescaled to it.
@@ -53,6 +54,7 @@ from mayolact.data.augmentation import (
     build_yolact_train_augmentation,
     filter_small_gts,
 )
+from mayolact.data.validation import segmentation_problem
 from mayolact.structures.integral_image import integral_images
 
 __all__ = [
@@ -79,59 +81,16 @@ def _bad(file_name: str, ann: Dict, index: int, field: str, what: str) -> ValueE
 
 
 def _check_segmentation(segm, file_name: str, ann: Dict, index: int, hw: Tuple[int, int]):
-    """Validate one COCO segmentation; returns it with invalid (< 3 point) polygons removed."""
+    """Validate one COCO segmentation before pycocotools sees it
+    (:func:`mayolact.data.validation.segmentation_problem`: finite polygon coordinates within one
+    image size of the image, RLE counts that decode and sum to H x W); returns it with the
+    polygons of fewer than 3 points removed, as Detectron2's ``load_coco_json`` does."""
+    reason, drop = segmentation_problem(segm, hw)
+    if reason is not None:
+        raise _bad(file_name, ann, index, "segmentation", reason)
     if isinstance(segm, dict):
-        if "counts" not in segm or "size" not in segm:
-            raise _bad(file_name, ann, index, "segmentation", "an RLE needs 'counts' and 'size'")
-        size = segm["size"]
-        if len(size) != 2 or [int(size[0]), int(size[1])] != [hw[0], hw[1]]:
-            raise _bad(
-                file_name,
-                ann,
-                index,
-                "segmentation",
-                f"RLE size {list(size)} does not match the image size {list(hw)}",
-            )
-        if not isinstance(segm["counts"], (list, str, bytes)):
-            raise _bad(
-                file_name,
-                ann,
-                index,
-                "segmentation",
-                f"RLE counts must be a list, str or bytes, got {type(segm['counts']).__name__}",
-            )
         return segm
-    if isinstance(segm, (list, tuple)):
-        polys = []
-        for poly in segm:
-            if not isinstance(poly, (list, tuple, np.ndarray)):
-                raise _bad(
-                    file_name,
-                    ann,
-                    index,
-                    "segmentation",
-                    f"a polygon must be a list of numbers, got {type(poly).__name__}",
-                )
-            if len(poly) % 2 != 0:
-                raise _bad(
-                    file_name,
-                    ann,
-                    index,
-                    "segmentation",
-                    f"a polygon has an odd number of coordinates ({len(poly)})",
-                )
-            if len(poly) >= 6:  # fewer than 3 points: dropped, as detectron2's load_coco_json does
-                polys.append([float(v) for v in poly])
-        if not polys:
-            raise _bad(file_name, ann, index, "segmentation", "no polygon with at least 3 points")
-        return polys
-    raise _bad(
-        file_name,
-        ann,
-        index,
-        "segmentation",
-        f"expected polygons (list) or RLE (dict), got {type(segm).__name__}",
-    )
+    return [[float(v) for v in poly] for k, poly in enumerate(segm) if k not in drop]
 
 
 def parse_annotations(
@@ -320,7 +279,6 @@ class YOLACTDatasetMapper:
         num_classes: int,
         min_gt_size: float = 4.0,
         integral_images: bool = True,
-        max_resample: int = 100,
     ):
         """
         Args:
@@ -331,18 +289,13 @@ class YOLACTDatasetMapper:
             num_classes: number of foreground classes; category ids must lie in [0, num_classes).
             min_gt_size: FilterAnnotations threshold (strict), in original pixels.
             integral_images: emit ``gt_integral_images``.
-            max_resample: consecutive images without a GT after which the mapper gives up.
         """
-        if int(max_resample) < 1:
-            raise ValueError(f"YOLACTDatasetMapper: max_resample must be >= 1, got {max_resample}")
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.num_classes = int(num_classes)
         self.min_gt_size = float(min_gt_size)
         self.integral_images = bool(integral_images)
-        self.max_resample = int(max_resample)
-        self._num_failed = 0
         mode = "training" if is_train else "inference"
         logger.info(f"[YOLACTDatasetMapper] Augmentations used in {mode}: {augmentations}")
 
@@ -360,7 +313,6 @@ class YOLACTDatasetMapper:
             "num_classes": resolved_num_classes(cfg),
             "min_gt_size": cfg.INPUT.YOLACT.MIN_GT_SIZE,
             "integral_images": cfg.INPUT.YOLACT.INTEGRAL_IMAGES,
-            "max_resample": cfg.INPUT.YOLACT.MAX_RESAMPLE,
         }
 
     # ------------------------------------------------------------------------------ helpers
@@ -381,20 +333,11 @@ class YOLACTDatasetMapper:
         utils.check_image_size(dataset_dict, image)
         return image
 
-    def _give_up(self, dataset_dict: Dict, why: str) -> None:
-        self._num_failed += 1
-        if self._num_failed >= self.max_resample:
-            raise RuntimeError(
-                f"YOLACTDatasetMapper: {self._num_failed} images in a row had no usable "
-                "ground truth "
-                f"(last: {dataset_dict.get('file_name')}, {why}); check the dataset, "
-                "INPUT.YOLACT.MIN_GT_SIZE and INPUT.YOLACT.MAX_RESAMPLE"
-            )
-        logger.debug(
-            "YOLACTDatasetMapper: %s: %s; another image is drawn",
-            dataset_dict.get("file_name"),
-            why,
-        )
+    @staticmethod
+    def _no_gt(dataset_dict: Dict, why: str) -> None:
+        logger.debug("YOLACTDatasetMapper: %s: %s; another image is drawn",
+                     dataset_dict.get("file_name"), why)
+        return None
 
     # ------------------------------------------------------------------------------- mapping
     def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
@@ -426,8 +369,7 @@ class YOLACTDatasetMapper:
         )
         keep = filter_small_gts(boxes, self.min_gt_size)
         if not keep.any():
-            self._give_up(dataset_dict, "no ground truth larger than INPUT.YOLACT.MIN_GT_SIZE")
-            return None
+            return self._no_gt(dataset_dict, "no ground truth larger than INPUT.YOLACT.MIN_GT_SIZE")
         keep_idx = np.flatnonzero(keep)
         masks = decode_segmentations([segms[i] for i in keep_idx], H, W)
 
@@ -441,11 +383,10 @@ class YOLACTDatasetMapper:
         self.augmentations(aug_input)
 
         masks = aug_input.masks
-        nonempty = masks.reshape(masks.shape[0], -1).any(axis=1)
+        # (G, S, S) with G = 0 when the crop kept only crowd centres: no reshape(0, -1) here.
+        nonempty = masks.any(axis=(1, 2))
         if not nonempty.any():
-            self._give_up(dataset_dict, "no ground truth left after augmentation")
-            return None
-        self._num_failed = 0
+            return self._no_gt(dataset_dict, "no ground truth left after augmentation")
 
         image = aug_input.image
         S_h, S_w = image.shape[:2]

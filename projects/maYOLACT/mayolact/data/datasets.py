@@ -42,6 +42,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
 from mayolact.config.config import resolved_num_classes
+from mayolact.data.validation import check_coco_json
 
 __all__ = [
     "COCO_MINI_HINT",
@@ -121,7 +122,8 @@ def unregistered_message(name: str, hint: str = "") -> str:
 
 
 def register_coco_with_ids(name: str, json_file: str, image_root: str) -> None:
-    """``register_coco_instances`` that also keeps each annotation's ``id`` and ``area``.
+    """``register_coco_instances`` that also keeps each annotation's ``id`` and ``area``, and
+    validates the json before loading it (:func:`mayolact.data.validation.check_coco_json`).
 
     Args:
         name: dataset name.
@@ -129,10 +131,14 @@ def register_coco_with_ids(name: str, json_file: str, image_root: str) -> None:
         image_root: folder of the images.
     """
     json_file, image_root = str(json_file), str(image_root)
-    DatasetCatalog.register(
-        name,
-        lambda: load_coco_json(json_file, image_root, name, extra_annotation_keys=["id", "area"]),
-    )
+
+    def load():
+        # Before pycocotools or load_coco_json sees an annotation (an unknown category id is a
+        # raw KeyError there, a NaN polygon exhausts memory later): cached per json content.
+        check_coco_json(json_file, image_root=image_root, check_files=False)
+        return load_coco_json(json_file, image_root, name, extra_annotation_keys=["id", "area"])
+
+    DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
 
 

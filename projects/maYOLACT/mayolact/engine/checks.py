@@ -26,6 +26,7 @@ from detectron2.utils.file_io import PathManager
 from mayolact.checkpoint.checkpointer import find_checkpoints
 from mayolact.config.config import resolved_num_classes
 from mayolact.data.datasets import dataset_classes, unregistered_message
+from mayolact.data.validation import AnnotationError, check_registered_datasets
 
 __all__ = [
     "PreflightError",
@@ -243,6 +244,8 @@ def preflight(cfg, *, train: bool, resume: Optional[bool] = False) -> None:
       unless resuming or overwriting (:func:`check_output_dir`);
     * ``MODEL.WEIGHTS`` can be read (:func:`check_weights`);
     * ``MODEL.YOLACT.NUM_CLASSES`` matches every dataset it uses (:func:`check_num_classes`);
+    * every annotation and image file of the COCO-json datasets it uses is valid
+      (:func:`mayolact.data.validation.check_registered_datasets`: seconds, or a cached verdict);
     * the config's values can build the run (:func:`check_config`).
 
     Args:
@@ -253,7 +256,8 @@ def preflight(cfg, *, train: bool, resume: Optional[bool] = False) -> None:
             and of the weights are then left out.
 
     Raises:
-        PreflightError: the first problem found.
+        PreflightError: the first problem found; for annotations that cannot be used or
+            missing image files, each of them (file, image, annotation id, field, reason).
     """
     used = [("DATASETS.TRAIN", cfg.DATASETS.TRAIN)] if train else []
     used.append(("DATASETS.TEST", cfg.DATASETS.TEST))
@@ -270,4 +274,9 @@ def preflight(cfg, *, train: bool, resume: Optional[bool] = False) -> None:
         check_weights(cfg, resume)
     for key, names in used:
         check_num_classes(cfg, key, names)
+    for key, names in used:
+        try:
+            check_registered_datasets(names, for_evaluation=key == "DATASETS.TEST")
+        except (AnnotationError, FileNotFoundError) as e:
+            raise PreflightError(f"{key}: {e}") from e
     check_config(cfg, train=train)

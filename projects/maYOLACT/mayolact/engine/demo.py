@@ -18,6 +18,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from mayolact.data.datasets import dataset_metadata
+from mayolact.engine.image_input import DEFAULT_MAX_IMAGE_PIXELS, check_image, fit_image
 from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.utils.file_io import atomic_path, write_image_atomic
 
@@ -92,10 +93,12 @@ class Demo:
         self.predictor = YOLACTPredictor(cfg) if predictor is None else predictor
         self.input_format = cfg.INPUT.FORMAT
         self.threshold = confidence_threshold
+        self.max_image_pixels = cfg.TEST.YOLACT.get("MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
 
     def predict_all(self, image: np.ndarray):
         """Every predicted ``Instances`` on the CPU, whatever its score; image (H, W, 3) uint8 in
-        ``INPUT.FORMAT``."""
+        ``INPUT.FORMAT`` (anything else: a ``ValueError`` naming dtype and shape)."""
+        check_image(image)
         # The predictors take BGR (as cv2.imread gives), like Detectron2's DefaultPredictor.
         bgr = image if self.input_format == "BGR" else np.ascontiguousarray(image[:, :, ::-1])
         return self.predictor(bgr)["instances"].to("cpu")
@@ -113,7 +116,9 @@ class Demo:
         return vis.draw_instance_predictions(instances).get_image()
 
     def draw(self, image: np.ndarray) -> Tuple[object, np.ndarray]:
-        """Returns (instances, drawing as an RGB uint8 (H, W, 3) array)."""
+        """Returns (instances, drawing as an RGB uint8 (H, W, 3) array); an image above
+        ``TEST.YOLACT.MAX_IMAGE_PIXELS`` is shrunk first and drawn at that size."""
+        image, _ = fit_image(check_image(image), self.max_image_pixels)
         instances = self.predict(image)
         return instances, self.render(image, instances)
 

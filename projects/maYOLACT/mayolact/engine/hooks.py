@@ -1,15 +1,19 @@
-"""Training that survives faults: divergence, pre-emption, a dead launcher, a resumed data stream.
+"""Training that survives faults: divergence, pre-emption, errors, a dead launcher, a resumed
+data stream.
 
 Hooks of :class:`mayolact.engine.trainer.Trainer` (Detectron2 ``HookBase``), in the order they run
 after each iteration on the main process:
 
-1. :class:`DivergenceGuard` stops with :class:`TrainingDiverged` when the total loss exceeds
-   ``SOLVER.YOLACT.DIVERGENCE_FACTOR`` times its median over the previous
-   ``SOLVER.YOLACT.DIVERGENCE_WINDOW`` iterations (Detectron2 itself raises ``FloatingPointError``
-   on a non-finite loss, before the optimizer step);
+0. :class:`SaveOnError` (first) marks each completed iteration; when an error (a data error, an
+   I/O error) ends training, it saves the state after the last completed one and says how to
+   resume;
+1. :class:`DivergenceGuard` stops with :class:`TrainingDiverged` on a non-finite loss, a loss above
+   a ceiling set by the run's first losses, or a sustained rise of the median loss; single spikes
+   and iterations without positive anchors (counted) pass;
 2. :class:`StagedPeriodicCheckpointer` writes the periodic checkpoint of iteration ``i`` to a
-   temporary file and gives it its name only after iteration ``i + 1``'s loss, computed with those
-   weights, has passed the guard: no checkpoint of a diverged state replaces the last good one;
+   temporary file and gives it its name only after ``SOLVER.YOLACT.DIVERGENCE_WINDOW`` more
+   iterations, computed with those weights, have passed the guard: no checkpoint of a diverging
+   state replaces the last good one;
 3. :class:`GracefulStop` turns SIGTERM / SIGINT into a checkpoint at the current iteration and a
    clean exit (:class:`TrainingInterrupted`, exit status 128 + signal number); in multi-process
    runs every rank learns of a signal received by any, and the main one saves.
@@ -43,6 +47,7 @@ __all__ = [
     "DivergenceGuard",
     "StagedPeriodicCheckpointer",
     "GracefulStop",
+    "SaveOnError",
     "DataStreamPosition",
     "watch_parent",
     "forward_signals_to_workers",
@@ -115,74 +120,147 @@ def _params_finite(model: torch.nn.Module) -> bool:
 
 
 class DivergenceGuard(HookBase):
-    """Stop when the total loss is not finite or grows beyond ``factor`` times its recent median.
+    """Stop on real divergence only: a non-finite loss, a loss above a ceiling set by the run's own
+    early losses, or a sustained rise; single spikes and iterations without positives pass.
 
-    Reads ``total_loss`` from the event storage (written by Detectron2's trainer on the main
-    process each iteration), so it belongs on the main process, before the checkpointer.
+    Reads ``total_loss`` (and the model's ``num_pos_anchors``) from the event storage, written on
+    the main process each iteration, so it belongs on the main process, before the checkpointer.
+    Per iteration:
+
+    1. a non-finite ``total_loss`` stops at once (Detectron2 itself raises
+       ``FloatingPointError`` on one, before the optimizer step);
+    2. an iteration whose batch had no positive anchor (``num_pos_anchors`` 0 on this process) is
+       counted (``zero_positive_iterations`` in the storage, logged) and not judged: OHEM then
+       trains on every negative with normaliser 1 (docs/official_implementation.md §7.1), a loss
+       tens of times the usual one that says nothing about the weights;
+    3. ``total_loss`` above ``ceiling`` times the median of the run's first ``window`` judged
+       losses (of those so far, during the first window) stops at once (an explosion, also one
+       in the first iterations);
+    4. the median of the last ``window`` judged losses above ``rise`` times the lowest such median
+       of the run stops (a sustained rise: half the window must be high, so one spike never is).
+
+    A growth of 1.15x per iteration is caught after 18 iterations with the defaults (the median
+    lags by half the window, then needs 3x); the periodic checkpoints wait ``window`` iterations
+    before they are published (:class:`StagedPeriodicCheckpointer`), so none of its weights is.
 
     Args:
-        factor (float): the bound, relative to the median; 0 disables the relative check.
-        window (int): the number of previous iterations whose median is the reference (fewer
-            at the start of a run: a run can diverge within its first iterations).
+        window (int): losses per median (``SOLVER.YOLACT.DIVERGENCE_WINDOW``).
+        rise (float): the sustained-rise bound, relative to the lowest median; 0 disables it
+            (``SOLVER.YOLACT.DIVERGENCE_RISE``).
+        ceiling (float): the bound of a single loss, relative to the first window's median; 0
+            disables it (``SOLVER.YOLACT.DIVERGENCE_CEILING``).
     """
 
-    def __init__(self, factor: float, window: int):
-        if factor < 0 or not math.isfinite(factor):
-            raise ValueError(f"SOLVER.YOLACT.DIVERGENCE_FACTOR must be >= 0, got {factor}")
+    def __init__(self, window: int = 20, rise: float = 3.0, ceiling: float = 100.0):
         if int(window) < 1:
             raise ValueError(f"SOLVER.YOLACT.DIVERGENCE_WINDOW must be >= 1, got {window}")
-        self.factor = float(factor)
+        for key, value in (("RISE", rise), ("CEILING", ceiling)):
+            if not math.isfinite(value) or (value != 0 and value <= 1):
+                raise ValueError(
+                    f"SOLVER.YOLACT.DIVERGENCE_{key} must be > 1 (or 0: off), got {value}")
         self.window = int(window)
+        self.rise = float(rise)
+        self.ceiling_factor = float(ceiling)
         self._recent = collections.deque(maxlen=self.window)
+        self.reference = None  # median of the first window's losses (of those so far, until full)
+        self._reference_fixed = False
+        self.best_median = math.inf
+        self.zero_positive_iterations = 0
 
     def before_train(self):
         self._recent.clear()
+        self.reference, self._reference_fixed, self.best_median = None, False, math.inf
+        self.zero_positive_iterations = 0
+
+    @property
+    def ceiling(self) -> Optional[float]:
+        """The current bound of a single loss (None before the first judged loss)."""
+        if self.reference is None or self.ceiling_factor == 0:
+            return None
+        return self.ceiling_factor * self.reference
+
+    def _stop(self, it: int, why: str):
+        raise TrainingDiverged(
+            f"Training diverged at iteration {it}: {why}. No checkpoint of these weights was "
+            "published: the periodic checkpoints of the last SOLVER.YOLACT.DIVERGENCE_WINDOW "
+            "iterations were dropped, the checkpoints in OUTPUT_DIR hold earlier weights. Lower "
+            "SOLVER.BASE_LR or keep SOLVER.YOLACT.GLOBAL_CLIP_NORM on, then continue with "
+            "--resume."
+        )
 
     def after_step(self):
-        latest = self.trainer.storage.latest().get("total_loss")
-        if latest is None or latest[1] != self.trainer.iter:
+        storage = self.trainer.storage
+        latest = storage.latest()
+        loss_entry = latest.get("total_loss")
+        it = self.trainer.iter
+        if loss_entry is None or loss_entry[1] != it:
             return  # no loss written this iteration (not the main process, or a gather period)
-        loss, it = float(latest[0]), self.trainer.iter
+        loss = float(loss_entry[0])
         if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"Training diverged at iteration {it}: total_loss is {loss}. No checkpoint of "
-                "this state was written; the checkpoints in OUTPUT_DIR hold earlier weights."
-            )
-        if self.factor > 0 and self._recent:
-            median = statistics.median(self._recent)
-            if loss > self.factor * median:
-                raise TrainingDiverged(
-                    f"Training diverged at iteration {it}: total_loss {loss:.4g} is more than "
-                    f"SOLVER.YOLACT.DIVERGENCE_FACTOR = {self.factor:g} times its median "
-                    f"{median:.4g} over the previous {len(self._recent)} iterations "
-                    "(SOLVER.YOLACT.DIVERGENCE_WINDOW). No checkpoint of this state was written; "
-                    "the checkpoints in OUTPUT_DIR hold earlier weights. Lower SOLVER.BASE_LR or "
-                    "keep SOLVER.YOLACT.GLOBAL_CLIP_NORM on, then continue with --resume."
-                )
+            self._stop(it, f"total_loss is {loss}")
+        positives = latest.get("num_pos_anchors")
+        if positives is not None and positives[1] == it and float(positives[0]) == 0:
+            self.zero_positive_iterations += 1
+            n = self.zero_positive_iterations
+            if n == 1 or n % 100 == 0:
+                logger.warning(
+                    "Iteration %d: no positive anchor in the batch (total_loss %.4g: OHEM sums "
+                    "every negative with normaliser 1); not judged by the divergence guard "
+                    "(%d such iteration(s) so far, 'zero_positive_iterations' in metrics.json)",
+                    it, loss, n)
+            storage.put_scalar("zero_positive_iterations", n, smoothing_hint=False)
+            return
+        storage.put_scalar("zero_positive_iterations", self.zero_positive_iterations,
+                           smoothing_hint=False)
+        ceiling = self.ceiling
+        if ceiling is not None and loss > ceiling:
+            first = self.window if self._reference_fixed else len(self._recent)
+            self._stop(it, f"total_loss {loss:.4g} is above SOLVER.YOLACT.DIVERGENCE_CEILING = "
+                           f"{self.ceiling_factor:g} times {self.reference:.4g}, the median of the "
+                           f"run's first {first} losses")
         self._recent.append(loss)
+        median = statistics.median(self._recent)
+        if not self._reference_fixed:
+            self.reference = median
+        if len(self._recent) < self.window:
+            return
+        self._reference_fixed = True
+        self.best_median = min(self.best_median, median)
+        if self.rise > 0 and median > self.rise * self.best_median:
+            self._stop(it, f"the median total_loss of the last {self.window} iterations "
+                           f"(SOLVER.YOLACT.DIVERGENCE_WINDOW), {median:.4g}, is more than "
+                           f"SOLVER.YOLACT.DIVERGENCE_RISE = {self.rise:g} times its lowest value "
+                           f"in this run, {self.best_median:.4g}")
 
 
 class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
     """Detectron2's ``PeriodicCheckpointer`` hook (every ``period`` iterations and
-    ``model_final`` after the last) whose periodic checkpoints are published one iteration late.
+    ``model_final`` after the last) whose periodic checkpoints are published ``probation``
+    iterations late.
 
     The checkpoint of iteration ``i`` holds the weights after its optimizer step; they produce a
-    loss only at iteration ``i + 1``. The file is therefore written at ``i`` (to a temporary file,
-    :meth:`YOLACTCheckpointer.stage`) and renamed at ``i + 1``, once the hooks before this one
-    (:class:`DivergenceGuard`) have passed that loss; when the run diverges instead, the file is
-    dropped. ``model_final`` and the checkpoint of a stop have no next iteration: they are written
-    at once, after a check that every weight is finite. A checkpoint that cannot be written (a
-    full disk) stops the run with one error line naming it (:class:`CheckpointNotWritten`).
+    loss only from iteration ``i + 1`` on. The file is therefore written at ``i`` (to a temporary
+    file, :meth:`YOLACTCheckpointer.stage`) and renamed at ``i + probation``, once the hooks
+    before this one (:class:`DivergenceGuard`) have passed iterations ``i + 1 .. i + probation``;
+    when the run diverges before that, the file is dropped. ``model_final`` and the checkpoint of
+    a stop have no later iterations: they are written at once, after a check that every weight is
+    finite (and publish the staged ones first). A checkpoint that cannot be written (a full disk)
+    stops the run with one error line naming it (:class:`CheckpointNotWritten`).
 
     Args:
         checkpointer (YOLACTCheckpointer): saves the model and the trainer's state.
         period (int): iterations between checkpoints.
         max_iter (int): optional; taken from the trainer otherwise.
+        probation (int): iterations a checkpoint waits (``SOLVER.YOLACT.DIVERGENCE_WINDOW``).
     """
 
-    def __init__(self, checkpointer, period: int, max_iter: Optional[int] = None):
+    def __init__(self, checkpointer, period: int, max_iter: Optional[int] = None,
+                 probation: int = 1):
         super().__init__(checkpointer, period, max_iter)
-        self._staged = None  # (iteration, StagedCheckpoint)
+        if int(probation) < 1:
+            raise ValueError(f"probation must be >= 1, got {probation}")
+        self.probation = int(probation)
+        self._staged = []  # [(iteration, StagedCheckpoint)], oldest first
 
     def _check_finite(self, it: int, name: str) -> None:
         if not _params_finite(self.checkpointer.model):
@@ -191,12 +269,14 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
                 f"{name} was not written, the checkpoints in OUTPUT_DIR hold earlier weights."
             )
 
-    def _publish_staged(self) -> Optional[str]:
-        if self._staged is None:
-            return None
-        _, staged = self._staged
-        self._staged = None
-        return self.checkpointer.publish(staged)
+    def _publish_staged(self, until: Optional[int] = None) -> Optional[str]:
+        """Publish the staged checkpoints of iterations <= ``until`` (all when None); returns
+        the path of the last one published."""
+        path = None
+        while self._staged and (until is None or self._staged[0][0] <= until):
+            _, staged = self._staged.pop(0)
+            path = self.checkpointer.publish(staged) or path
+        return path
 
     def after_step(self):
         with _stop_if_not_written():
@@ -204,15 +284,15 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
 
     def _after_step(self):
         it = self.trainer.iter
-        # This iteration's loss came from the staged weights and passed the hooks before this one.
-        self._publish_staged()
+        # Iterations up to this one passed the hooks before this one.
+        self._publish_staged(until=it - self.probation)
         last = self.max_iter is not None and it >= self.max_iter - 1
         if (it + 1) % self.period == 0:
             name = f"{self.file_prefix}_{it:07d}"
             self._check_finite(it, name)
             staged = self.checkpointer.stage(name, iteration=it)
             if staged is not None:
-                self._staged = (it, staged)
+                self._staged.append((it, staged))
         if last:
             self._publish_staged()
             self._check_finite(it, f"{self.file_prefix}_final")
@@ -225,7 +305,7 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
             str or None: its path (None where this process does not save).
         """
         with _stop_if_not_written():
-            if self._staged is not None and self._staged[0] == it:
+            if self._staged and self._staged[-1][0] == it:
                 return self._publish_staged()
             self._publish_staged()
             name = f"{self.file_prefix}_{it:07d}"
@@ -234,16 +314,16 @@ class StagedPeriodicCheckpointer(hooks.PeriodicCheckpointer):
             return os.path.join(self.checkpointer.save_dir, name + ".pth")
 
     def after_train(self):
-        if self._staged is None:
+        if not self._staged:
             return
         error = sys.exc_info()[1]
         if isinstance(error, FloatingPointError):  # Detectron2's non-finite loss or ours
-            it, staged = self._staged
-            self._staged = None
-            self.checkpointer.discard(staged)
-            logger.warning(
-                "The checkpoint of iteration %d is not kept: its weights gave a diverged loss", it
-            )
+            for it, staged in self._staged:
+                self.checkpointer.discard(staged)
+                logger.warning(
+                    "The checkpoint of iteration %d is not kept: the run diverged within %d "
+                    "iterations of it", it, self.probation)
+            self._staged = []
         else:
             self._publish_staged()
 
@@ -307,6 +387,59 @@ class GracefulStop(HookBase):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class SaveOnError(HookBase):
+    """A run stopped by an error (a data error, an I/O error, ...) keeps the work of its completed
+    iterations: a checkpoint of the state after the last one, and a note on how to resume.
+
+    The first hook of the trainer: its ``after_step`` marks iteration ``i`` complete as soon as
+    ``run_step`` has returned (the optimizer has stepped). When an exception ends training,
+    ``after_train`` saves the state after the last completed iteration through the checkpoint
+    hook (:meth:`StagedPeriodicCheckpointer.save_now`: staged checkpoints published, weights
+    checked finite). A failed iteration never stepped the optimizer (Detectron2's ``run_step``
+    reads its data, computes and checks the losses, then steps), so that state is sound.
+    Divergence (``FloatingPointError``) saves nothing: its weights are not sound. A signal's stop
+    (:class:`TrainingInterrupted`) has saved already.
+
+    Args:
+        checkpoint_hook (StagedPeriodicCheckpointer): the main process's checkpointer hook; None
+            on the other ranks (they only log).
+    """
+
+    def __init__(self, checkpoint_hook: Optional[StagedPeriodicCheckpointer] = None):
+        self._checkpoint_hook = checkpoint_hook
+        self.last_completed = None
+
+    def before_train(self):
+        self.last_completed = self.trainer.iter - 1  # start_iter - 1: nothing done yet
+
+    def after_step(self):
+        self.last_completed = self.trainer.iter
+
+    def after_train(self):
+        error = sys.exc_info()[1]
+        if not isinstance(error, Exception) or isinstance(error, FloatingPointError):
+            return
+        done = self.last_completed
+        if done is None or done < self.trainer.start_iter:
+            note = ("No iteration of this run was completed: nothing to save. Fix the cause and "
+                    "run the same command again (with --resume if OUTPUT_DIR holds a checkpoint).")
+        elif self._checkpoint_hook is None:
+            note = (f"The main process saves the state after iteration {done}; fix the cause and "
+                    "continue with --resume.")
+        else:
+            try:
+                path = self._checkpoint_hook.save_now(done)
+            except Exception as e:  # noqa: BLE001  (the disk may be what failed)
+                note = (f"Saving the state after iteration {done} failed too ({type(e).__name__}: "
+                        f"{e}); --resume continues from the newest checkpoint in OUTPUT_DIR.")
+            else:
+                note = (f"The state after iteration {done} was saved to {path}: fix the cause, "
+                        "then run the same command with --resume to continue from iteration "
+                        f"{done + 1}.")
+        logger.error("Training stopped by %s: %s", type(error).__name__, note)
+        error.add_note(note)
 
 
 class DataStreamPosition(HookBase):

@@ -13,6 +13,7 @@ from detectron2.modeling import build_model
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
 from mayolact.data.datasets import dataset_metadata
+from mayolact.engine.image_input import DEFAULT_MAX_IMAGE_PIXELS, check_image, fit_image
 from mayolact.utils.profiling import stage
 
 __all__ = ["YOLACTPredictor"]
@@ -82,14 +83,18 @@ class YOLACTPredictor(DefaultPredictor):
         """The model input for one image.
 
         Args:
-            image (ndarray): (H, W, 3) uint8 in BGR order (as ``cv2.imread`` gives).
+            image (ndarray): (H, W, 3) uint8 in BGR order (as ``cv2.imread`` gives); anything
+                else is a ``ValueError`` naming dtype and shape
+                (:func:`mayolact.engine.image_input.check_image`).
 
         Returns:
-            dict: "image" uint8 (3, S, S) in ``INPUT.FORMAT`` order, "height", "width".
+            dict: "image" uint8 (3, S, S) in ``INPUT.FORMAT`` order, "height", "width" (the
+            image's, or the shrunk size of one above ``TEST.YOLACT.MAX_IMAGE_PIXELS``).
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            shape = getattr(image, "shape", type(image).__name__)
-            raise ValueError(f"YOLACTPredictor: expected an (H, W, 3) BGR image, got {shape}")
+        check_image(image)
+        # Outputs are at the image's size: a huge image is shrunk first (memory stays bounded).
+        image, _ = fit_image(image, self.cfg.TEST.YOLACT.get("MAX_IMAGE_PIXELS",
+                                                             DEFAULT_MAX_IMAGE_PIXELS))
         height, width = image.shape[:2]
         if self.input_format == "RGB":
             image = image[:, :, ::-1]
@@ -104,16 +109,21 @@ class YOLACTPredictor(DefaultPredictor):
         """
         Args:
             original_image (ndarray or list[ndarray]): an (H, W, 3) uint8 BGR image, or a list
-                of them (any sizes), predicted in one forward pass.
+                of them (any sizes), predicted in one forward pass. Anything else is a
+                ``ValueError`` naming its dtype and shape.
 
         Returns:
             dict or list[dict]: the model's output, {"instances": Instances} at the image's
-            (H, W); a list of them, in order, for a list of images.
+            (H, W) (shrunk to ``TEST.YOLACT.MAX_IMAGE_PIXELS`` when larger); a list of them, in
+            order, for a list of images.
         """
-        single = isinstance(original_image, np.ndarray)
+        single = not isinstance(original_image, (list, tuple))
         images = [original_image] if single else list(original_image)
         if not images:
             raise ValueError("YOLACTPredictor: got an empty list of images")
+        if not single:
+            for i, image in enumerate(images):
+                check_image(image, f"image {i} of the batch")
         with torch.inference_mode():
             with stage(getattr(self.model, "stage_timer", None), "pre-process"):
                 inputs = [self.preprocess(image) for image in images]

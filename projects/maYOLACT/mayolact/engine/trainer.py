@@ -50,6 +50,7 @@ from mayolact.engine.hooks import (
     DataStreamPosition,
     DivergenceGuard,
     GracefulStop,
+    SaveOnError,
     StagedPeriodicCheckpointer,
     watch_parent,
 )
@@ -359,19 +360,23 @@ class Trainer(DefaultTrainer):
         return writers
 
     def _fault_tolerant_hooks(self, built):
-        """Detectron2's hooks with the checkpointer replaced by the staged one behind the
-        divergence guard, the graceful stop right after it, and the data-stream position."""
+        """Detectron2's hooks with the save-on-error hook first, the checkpointer replaced by the
+        staged one behind the divergence guard, the graceful stop right after it, and the
+        data-stream position."""
         cfg = self.cfg
+        s = cfg.SOLVER.YOLACT
         out, checkpoint_hook = [], None
         for h in built:
             if isinstance(h, hooks.PeriodicCheckpointer):  # main process only
-                checkpoint_hook = StagedPeriodicCheckpointer(h.checkpointer, h.period, h.max_iter)
+                checkpoint_hook = StagedPeriodicCheckpointer(
+                    h.checkpointer, h.period, h.max_iter, probation=s.DIVERGENCE_WINDOW)
                 guard = DivergenceGuard(
-                    cfg.SOLVER.YOLACT.DIVERGENCE_FACTOR, cfg.SOLVER.YOLACT.DIVERGENCE_WINDOW
-                )
+                    s.DIVERGENCE_WINDOW, s.DIVERGENCE_RISE, s.DIVERGENCE_CEILING)
                 out += [guard, checkpoint_hook]
             else:
                 out.append(h)
+        # First: it marks an iteration complete before any later hook can fail.
+        out.insert(0, SaveOnError(checkpoint_hook))
         # The stop check follows the checkpointer and precedes evaluation and writers.
         if checkpoint_hook is not None:
             at = out.index(checkpoint_hook) + 1
@@ -421,11 +426,14 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_dataset(cls, cfg) -> List[dict]:
         """The dataset dicts of ``DATASETS.TRAIN`` (Detectron2's
-        ``get_detection_dataset_dicts``), checked: some image has a ground truth the mapper keeps
+        ``get_detection_dataset_dicts``), checked: their annotations, before anything reads them;
+        that some image has a ground truth the mapper keeps
         (:func:`mayolact.data.dataset_mapper.check_trainable`)."""
         from mayolact.data.dataset_mapper import check_trainable
+        from mayolact.data.validation import check_registered_datasets
 
         names = cfg.DATASETS.TRAIN
+        check_registered_datasets(names)
         dicts = get_detection_dataset_dicts(
             names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
@@ -445,7 +453,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, dataset: Optional[List[dict]] = None, sampler=None):
-        """Detectron2's train loader with the YOLACT mapper.
+        """Detectron2's train loader with the YOLACT mapper behind a
+        :class:`~mayolact.data.common.YOLACTMapDataset` (a seed per draw, images without a GT
+        left re-drawn).
 
         Args:
             cfg: the run's config.
@@ -453,20 +463,30 @@ class Trainer(DefaultTrainer):
             sampler: the loader's sampler; default: :meth:`build_train_sampler` when ``dataset``
                 is not given, else the one Detectron2 builds from the config.
         """
+        from detectron2.data import DatasetFromList
+
+        from mayolact.data.common import YOLACTMapDataset
         from mayolact.data.dataset_mapper import YOLACTDatasetMapper
 
         if dataset is None:
             dataset = cls.build_train_dataset(cfg)
             if sampler is None:
                 sampler = cls.build_train_sampler(cfg, len(dataset))
-        return build_detection_train_loader(
-            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dataset, sampler=sampler
-        )
+        mapper = YOLACTDatasetMapper(cfg, is_train=True)
+        kwargs = build_detection_train_loader.from_config(
+            cfg, mapper=mapper, dataset=dataset, sampler=sampler)
+        kwargs["dataset"] = YOLACTMapDataset(
+            DatasetFromList(dataset, copy=False), mapper,
+            max_resample=cfg.INPUT.YOLACT.MAX_RESAMPLE, names=cfg.DATASETS.TRAIN)
+        kwargs["mapper"] = None  # mapped by the dataset above
+        return build_detection_train_loader(**kwargs)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         from mayolact.data.dataset_mapper import YOLACTDatasetMapper
+        from mayolact.data.validation import check_registered_datasets
 
+        check_registered_datasets([dataset_name], for_evaluation=True)
         return build_detection_test_loader(
             cfg, dataset_name, mapper=YOLACTDatasetMapper(cfg, is_train=False)
         )

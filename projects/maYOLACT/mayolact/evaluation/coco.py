@@ -32,6 +32,7 @@ from detectron2.utils.file_io import PathManager
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mayolact.data.validation import rle_counts_totals
 from mayolact.utils.file_io import write_json_atomic  # re-exported: the evaluators write through it
 
 __all__ = [
@@ -368,8 +369,9 @@ def validate_coco_results(
             that is not a dict or lacks "image_id" / "category_id" / "score"; a score that is not
             a finite number; image or category ids absent from the ground truth; for bbox, a
             missing "bbox" or one that is not 4 finite numbers with width and height >= 0; for
-            segm, a missing "segmentation", one that is not a compressed RLE dict, or whose size
-            is not its image's (height, width); an unknown task.
+            segm, a missing "segmentation", one that is not a compressed RLE dict, whose size
+            is not its image's (height, width), or whose counts do not decode or do not sum to
+            height x width (checked without pycocotools, which would hang); an unknown task.
     """
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a list of detections, got a {type(results).__name__}")
@@ -445,7 +447,25 @@ def validate_coco_results(
                         f"has size {size}, but image {r['image_id']} is {expected} "
                         "(height, width)",
                     )
+        if task == "segm":
+            _check_rle_counts(results, source)
     return tasks
+
+
+def _check_rle_counts(results: Sequence[dict], source: str) -> None:
+    """Every result's RLE counts decode and cover exactly its image (h x w pixels): both COCO
+    backends loop forever in ``mask.iou`` on counts that sum to less, and pycocotools on more."""
+    counts = [r["segmentation"]["counts"] for r in results]
+    valid, totals = rle_counts_totals(counts)
+    areas = np.array([r["segmentation"]["size"][0] * r["segmentation"]["size"][1]
+                      for r in results], np.int64)
+    bad = np.flatnonzero(~valid | (totals != areas))
+    if bad.size:
+        i = int(bad[0])
+        what = (f"counts {str(counts[i])[:40]!r} cannot be decoded as a COCO RLE" if not valid[i]
+                else f"counts sum to {totals[i]} pixels, not height x width = {areas[i]}")
+        raise _bad_entry(source, i, "segmentation",
+                         f"{what} ({bad.size} of {len(results)} entries have such counts)")
 
 
 class MaYOLACTCOCOEvaluator(COCOEvaluator):

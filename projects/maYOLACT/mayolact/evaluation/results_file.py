@@ -9,6 +9,7 @@ from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.utils.logger import create_small_table
 
 from mayolact.data.datasets import unregistered_message
+from mayolact.data.validation import check_coco_json
 from mayolact.utils.events import finite_or_none
 from mayolact.utils.file_io import write_json_atomic
 
@@ -91,6 +92,8 @@ def evaluate_results_file(
     with tempfile.TemporaryDirectory() as work_dir:
         gt_json = gt if gt else gt_json_of_dataset(dataset, work_dir)
         try:
+            # The ground truth too, before either backend sees it (a bad RLE hangs mask.iou).
+            check_coco_json(gt_json, for_evaluation=True)
             coco_gt = load_coco_gt(gt_json, "pycocotools")
             backend = resolve_coco_backend(backend)
             ap_gt = coco_gt if backend == "pycocotools" else load_coco_gt(gt_json, backend)

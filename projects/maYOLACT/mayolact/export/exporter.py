@@ -518,7 +518,7 @@ class ExportedYOLACTPredictor(YOLACTPredictor):
         Returns:
             dict or list[dict]: {"instances": Instances} at the image's (H, W), or a list of them.
         """
-        if not isinstance(original_image, np.ndarray):
+        if isinstance(original_image, (list, tuple)):
             return [self(image) for image in original_image]
         x = self.preprocess(original_image)
         flat = sample_inputs(x["image"], x["height"], x["width"])[0]
