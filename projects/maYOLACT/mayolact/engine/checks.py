@@ -195,8 +195,7 @@ def check_config(cfg, *, train: bool) -> None:
             from mayolact.engine.trainer import build_yolact_lr_scheduler, build_yolact_optimizer
 
             build_yolact_lr_scheduler(dry, build_yolact_optimizer(dry, model))
-            y = dry.SOLVER.YOLACT
-            DivergenceGuard(y.DIVERGENCE_FACTOR, y.DIVERGENCE_WINDOW)
+            DivergenceGuard.from_config(dry)
     except (ValueError, KeyError, AssertionError) as e:
         # KeyError: a name missing from a Detectron2 registry; AssertionError: Detectron2's own
         # config checks.

@@ -167,6 +167,12 @@ class DivergenceGuard(HookBase):
         self.best_median = math.inf
         self.zero_positive_iterations = 0
 
+    @classmethod
+    def from_config(cls, cfg) -> "DivergenceGuard":
+        """The guard of ``SOLVER.YOLACT.DIVERGENCE_{WINDOW,RISE,CEILING}``."""
+        s = cfg.SOLVER.YOLACT
+        return cls(s.DIVERGENCE_WINDOW, s.DIVERGENCE_RISE, s.DIVERGENCE_CEILING)
+
     def before_train(self):
         self._recent.clear()
         self.reference, self._reference_fixed, self.best_median = None, False, math.inf

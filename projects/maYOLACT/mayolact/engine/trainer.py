@@ -370,8 +370,7 @@ class Trainer(DefaultTrainer):
             if isinstance(h, hooks.PeriodicCheckpointer):  # main process only
                 checkpoint_hook = StagedPeriodicCheckpointer(
                     h.checkpointer, h.period, h.max_iter, probation=s.DIVERGENCE_WINDOW)
-                guard = DivergenceGuard(
-                    s.DIVERGENCE_WINDOW, s.DIVERGENCE_RISE, s.DIVERGENCE_CEILING)
+                guard = DivergenceGuard.from_config(cfg)
                 out += [guard, checkpoint_hook]
             else:
                 out.append(h)
