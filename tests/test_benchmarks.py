@@ -45,3 +45,21 @@ def test_weights_load_benchmark_prints_the_table(capsys):
         "torch.load(weights_only=True)", "CRC-32 of every member", "finiteness of every tensor",
         "load_weights_file (all of it)"]
     assert "| CRC-32 of every member" in out and "MB checkpoint" in out
+
+
+def test_validation_benchmark_prints_the_table(coco_mini, capsys):
+    load_tool("benchmark_validation").main(["--scale", "0.002"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| coco_mini")
+            or line.startswith("| synthetic")]
+    assert len(rows) == 3  # coco_mini train and val, the synthetic json
+    assert all(line.split("|")[5].strip() == "0" for line in rows)  # no problem found
+
+
+def test_predictor_memory_benchmark_runs_a_row(capsys):
+    from mayolact.analysis.benchmark_predictor_memory import run_benchmark
+
+    run_benchmark(str(QUICK), rows=[(300, 256 * 256, 5)], timeout=600)
+    row = capsys.readouterr().out.splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "300x300" and cells[3] == "256x256", row  # shrunk to the bound

@@ -1,19 +1,6 @@
-"""Cost of the up-front annotation check (``mayolact.data.validation.validate_coco_json``).
-
-Times, per json: the first check (json parse + every check, verdict written to the cache), a
-later process's check (the verdict read back: the file is only hashed) and a repeated call in
-the same process (nothing read), plus the image-file lookup. The jsons are coco_mini's and a
-synthetic one of COCO train2017's size (coco_mini train's images and annotations repeated with
-fresh ids until 118,287 images / 860,001 annotations at ``--scale 1``), written to a temporary
-folder. "first check" includes reading the json (``json.load`` alone is timed too). Prints a
-table.
-
-Usage::
-
-    OMP_NUM_THREADS=1 python tests/benchmark_validation.py            # COCO-train size
-    OMP_NUM_THREADS=1 python tests/benchmark_validation.py --scale 0.25
-"""
-import argparse
+"""The annotation-check benchmark of ``tools/benchmark_validation.py``: what the up-front check
+of a COCO json costs (``mayolact.data.validation.validate_coco_json``), on coco_mini and on a
+synthetic json of COCO train2017's size."""
 import copy
 import json
 import os
@@ -21,7 +8,9 @@ import tempfile
 import time
 
 from mayolact.data import validation
-from mayolact.data.datasets import coco_mini_root
+from mayolact.data.datasets import COCO_MINI_HINT, coco_mini_root
+
+__all__ = ["run_benchmark"]
 
 COCO_TRAIN = (118_287, 860_001)  # images, annotations of instances_train2017.json
 
@@ -78,14 +67,12 @@ def time_one(json_file: str, image_root) -> dict:
             "memo": t_memo, "files": t_files}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="size of the synthetic json relative to COCO train2017")
-    args = parser.parse_args()
+def run_benchmark(scale: float = 1.0):
+    """Time the checks of coco_mini's jsons and of a synthetic json ``scale`` x COCO train's size;
+    prints the table."""
     root = coco_mini_root()
     if root is None:
-        raise SystemExit("coco_mini not found (../shared/data/coco_mini)")
+        raise FileNotFoundError(f"coco_mini not found: {COCO_MINI_HINT}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MAYOLACT_CACHE"] = tmp  # a cold cache
@@ -97,8 +84,8 @@ def main():
                          os.path.getsize(path), time_one(path, str(root / f"{split}2017"))))
         path = os.path.join(tmp, "synthetic.json")
         n_img, n_ann, size = synthetic_coco(
-            str(root / "annotations" / "instances_train2017.json"), path, args.scale)
-        rows.append((f"synthetic (COCO train x {args.scale:g})", n_img, n_ann, size,
+            str(root / "annotations" / "instances_train2017.json"), path, scale)
+        rows.append((f"synthetic (COCO train x {scale:g})", n_img, n_ann, size,
                      time_one(path, None)))
     print("| json | images | annotations | MB | problems | json.load alone (s) | first check "
           "(s) | later process: hash + cached verdict (s) | same process (s) | image files (s) |")
@@ -108,7 +95,3 @@ def main():
         print(f"| {name} | {n_img:,} | {n_ann:,} | {size / 1e6:.1f} | {t['problems']} | "
               f"{t['parse']:.2f} | {t['first']:.2f} | {t['cached']:.3f} | {t['memo']:.5f} | "
               f"{files} |")
-
-
-if __name__ == "__main__":
-    main()
