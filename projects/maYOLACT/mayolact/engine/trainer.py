@@ -46,6 +46,7 @@ from mayolact.engine.hooks import (
     StagedPeriodicCheckpointer,
     watch_parent,
 )
+from mayolact.utils.determinism import data_stream_seeds, is_deterministic
 
 __all__ = [
     "GlobalNormClipSGD",
@@ -372,10 +373,15 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, "DATASETS.TRAIN", names)
         check_trainable(dicts, names, cfg.INPUT.YOLACT.MIN_GT_SIZE, resolved_num_classes(cfg))
         sampler = None  # Detectron2 builds the other DATALOADER.SAMPLER_TRAIN
+        # Deterministic mode: the stream's seeds come from SEED alone, not from the RNGs' state
+        # after the model's initialisation (mayolact.utils.determinism).
+        sampler_seed, loader_seed = (
+            data_stream_seeds(cfg, comm.get_rank()) if is_deterministic(cfg) else (None, None))
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
-            sampler = ResumableTrainingSampler(len(dicts))
+            sampler = ResumableTrainingSampler(len(dicts), seed=sampler_seed)
         return build_detection_train_loader(
-            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dicts, sampler=sampler
+            cfg, mapper=YOLACTDatasetMapper(cfg, is_train=True), dataset=dicts, sampler=sampler,
+            seed=loader_seed,
         )
 
     @classmethod
