@@ -56,11 +56,11 @@ def test_one_seed_is_reported_without_a_spread(monkeypatch):
     drawn = {}
     monkeypatch.setattr(study, "save_figure",
                         lambda fig, path, dpi=120: drawn.update(fig=fig))
-    study.bar_chart(summary, "unused.png")
+    study.figure(summary, [], [], "unused.png")
     ax = drawn["fig"].axes[0]
     assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] > 0.0
-    assert ax.containers[0].errorbar is None
-    assert ax.get_title() == "Assigners (one seed)"
+    assert all(c.errorbar is None or not c.errorbar.lines[2] for c in ax.containers)
+    assert ax.get_title() == "Mask AP by GT MOB range (one seed)"
     two = study.summarise(rows + [dict(r, seed=1, segm_AP=2.0) for r in rows])
     assert "| fixed_iou | 2 | 1.0 ± 1.4 |" in study.markdown(two, "two seeds")  # several: ±
 
