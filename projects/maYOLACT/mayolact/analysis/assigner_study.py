@@ -103,12 +103,29 @@ def run_dir(output, assigner, seed) -> str:
     return os.path.join(output, f"{assigner}_seed{seed}")
 
 
+def _flatten(node, prefix: str = "") -> Dict:
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def config_digest(cfg) -> str:
-    """A digest of a run's config without its seed and folder: equal for the runs of one study."""
-    c = cfg.clone()
-    c.defrost()
-    c.SEED, c.OUTPUT_DIR = 0, ""
-    return hashlib.sha1(c.dump().encode()).hexdigest()[:16]
+    """A digest of what a run's config sets apart from the defaults, without its seed and folder:
+    equal for the runs of one study, and unchanged by keys a later version adds."""
+    from detectron2.config import get_cfg
+
+    from mayolact.config import add_mayolact_config
+
+    defaults = get_cfg()
+    add_mayolact_config(defaults)
+    defaults = _flatten(defaults)
+    changed = sorted((k, repr(v)) for k, v in _flatten(cfg).items()
+                     if k not in ("SEED", "OUTPUT_DIR") and (k not in defaults or defaults[k] != v))
+    return hashlib.sha1(repr(changed).encode()).hexdigest()[:16]
 
 
 def load_result(path) -> Optional[dict]:
