@@ -54,8 +54,8 @@ from mayolact.utils.file_io import write_json_atomic, write_text_atomic
 from mayolact.utils.logger import default_setup
 
 __all__ = ["ASSIGNERS", "RESULT_FILE", "StudyTrainer", "config_digest", "figure", "load_result",
-           "markdown", "paired_differences", "reference_weights", "row_config", "run_one",
-           "run_study", "seeds_to_resolve", "share_initial_weights", "summarise"]
+           "markdown", "paired_differences", "prepare_run", "reference_weights", "row_config",
+           "run_one", "run_study", "seeds_to_resolve", "share_initial_weights", "summarise"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +184,11 @@ def _finite_or_none(value):
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def run_one(base_config, assigner, seed, output, opts, reference_cfg):
-    """Train and evaluate one (assigner, seed) run in ``output/<assigner>_seed<seed>``, write its
-    ``result.json`` last and return its row of metrics."""
+def prepare_run(base_config, assigner, seed, output, opts, reference_cfg) -> StudyTrainer:
+    """The trainer of one (assigner, seed) run, paired with the other rows of the seed: shared
+    initial weights, the data stream of the seed, the RNGs seeded again just before training."""
     cfg = run_config(base_config, assigner, seed, output, opts)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    start = time.perf_counter()
     reference = reference_weights(reference_cfg, seed)
     seed_all_rng(seed + comm.get_rank())
     configure_determinism(cfg)
@@ -200,6 +199,15 @@ def run_one(base_config, assigner, seed, output, opts, reference_cfg):
                 f"shared but {len(own)} tensors of another shape ({', '.join(own)})")
     trainer.resume_or_load(resume=False)
     seed_all_rng(seed + comm.get_rank())  # the training's own draws start alike for every row
+    return trainer
+
+
+def run_one(base_config, assigner, seed, output, opts, reference_cfg):
+    """Train and evaluate one (assigner, seed) run in ``output/<assigner>_seed<seed>``, write its
+    ``result.json`` last and return its row of metrics."""
+    start = time.perf_counter()
+    trainer = prepare_run(base_config, assigner, seed, output, opts, reference_cfg)
+    cfg = trainer.cfg
     trainer.train()
     train_min = (time.perf_counter() - start) / 60
     results = Trainer.test(cfg, trainer.model)
