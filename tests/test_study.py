@@ -118,7 +118,16 @@ def tiny_base(tmp_path, **extra):
     return str(path)
 
 
-def test_rows_of_a_seed_start_alike_and_see_the_same_data(tmp_path):
+@pytest.fixture
+def restore_torch_determinism():
+    """prepare_run switches torch to its deterministic kernels, process-wide: switch back."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.deterministic = before[1]
+
+
+def test_rows_of_a_seed_start_alike_and_see_the_same_data(tmp_path, restore_torch_determinism):
     """ATSS w. IoU and the fixed-IoU row (three anchors per location) of one seed: every tensor the
     two models share starts equal, and the first batches (images after augmentation, GTs) are the
     same; another seed gives other weights and data."""
