@@ -1,5 +1,7 @@
 """Deterministic mode (SOLVER.YOLACT.DETERMINISTIC): the data stream follows SEED alone, and two
 runs of one seeded config give identical weights."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -73,8 +75,11 @@ def test_mode_needs_a_fixed_seed_and_no_cudnn_benchmark():
 @pytest.mark.slow
 def test_two_runs_of_a_seed_give_identical_weights(tmp_path):
     """tools/train_net.py twice (separate processes, one thread each) on a seeded tiny config with
-    every augmentation and a data-loader worker: identical weights; another seed: other weights."""
+    every augmentation and a data-loader worker: identical weights; another seed: other weights.
+    The final evaluation's AP by MOB range reaches metrics.json and tensorboard."""
     cfg = shapes_config(True, seed=5)
+    cfg.TEST.YOLACT.MOB_RANGES = [0.0, 0.5, 1.0]
+    cfg.MODEL.YOLACT.SCORE_THRESH_TEST = 0.0
     cfg.SOLVER.MAX_ITER = 4
     cfg.SOLVER.WARMUP_ITERS = 1
     cfg.SOLVER.CHECKPOINT_PERIOD = 100000
@@ -88,6 +93,12 @@ def test_two_runs_of_a_seed_give_identical_weights(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "Deterministic mode: SEED" in proc.stdout + proc.stderr
         weights[name] = torch.load(tmp_path / name / "model_final.pth", weights_only=False)["model"]
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.json").read_text().splitlines()]
+    evals = [r for r in rows if "segm/AP" in r]
+    assert evals and {"segm/AP-mob[0,0.5]", "bbox/AP75-mob[0.5,1]"} <= set(evals[-1])
+    events = next((tmp_path / "a").glob("events.out.tfevents.*")).read_bytes()
+    assert b"segm/AP-mob[0,0.5]" in events
+    assert "by GT mask-over-box ratio" in (tmp_path / "a" / "log.txt").read_text()
     a, b, c = weights["a"], weights["b"], weights["c"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

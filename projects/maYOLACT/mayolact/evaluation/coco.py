@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -575,6 +576,7 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
         if not results_have_masks(coco_results):
             self._logger.info(f"No masks in the {task} results: no AP by MOB range")
             return {}
+        start = time.perf_counter()
         if self._gt_mob is None:
             self._gt_mob = gt_mob_ratios(self._coco_api)
         result = mob_range_metrics(
@@ -583,8 +585,8 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
             gt_ratios=self._gt_mob,
         )
         self._logger.info(
-            f"Evaluation results for {task} by GT mask-over-box ratio (COCO's area-range rules): "
-            f"\n{format_range_table(result)}"
+            f"Evaluation results for {task} by GT mask-over-box ratio (COCO's area-range rules, "
+            f"{time.perf_counter() - start:.2f} s): \n{format_range_table(result)}"
         )
         names = self._metadata.get("thing_classes")
         if names is not None and len(names) == result.per_class_ap.shape[0]:
