@@ -371,7 +371,7 @@ def figure(summary, paired, mob, path):
     import matplotlib.pyplot as plt
 
     keys = ["segm_AP"] + list(mob)
-    labels = ["all"] + [_range_name(k).replace("mob", "MOB ") for k in mob]
+    labels = ["all"] + [_range_name(k)[len("mob["):-1].replace(",", "-") for k in mob]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6),
                                       gridspec_kw={"width_ratios": [3, 2]})
     colours = {"fixed_iou": "#999999", "atss_iou": "#4c72b0", "atss_giou": "#55a868",
@@ -386,6 +386,7 @@ def figure(summary, paired, mob, path):
                  color=colours.get(s["assigner"]))
     left.set_xticks(range(len(keys)))
     left.set_xticklabels(labels)
+    left.set_xlabel("GT mask-over-box range" if mob else "")
     left.set_ylim(bottom=0)  # AP is never negative; all-zero bars would otherwise centre on 0
     left.set_ylabel("mask AP")
     left.set_title("Mask AP by GT MOB range (mean ± std over seeds)" if spread
@@ -407,6 +408,7 @@ def figure(summary, paired, mob, path):
     right.axvline(0.0, color="black", linewidth=0.8)
     right.set_yticks(range(len(keys)))
     right.set_yticklabels(labels)
+    right.set_ylabel("GT MOB range" if mob else "")
     right.invert_yaxis()
     right.set_xlabel("mask AP difference (row - baseline)")
     right.set_title("Paired differences, 95% CI")
