@@ -12,6 +12,7 @@ Examples::
         --dataset coco_2017_val
     python tools/evaluate.py results.json --gt annotations/instances_val2017.json \\
         --tasks segm --backend pycocotools --output metrics.json
+    python tools/evaluate.py results.json --dataset coco_2017_val --mob-ranges   # AP by shape
 
 Exit status: 0 on success, 2 when an input is missing or malformed (the message names the file and
 what is wrong).
@@ -52,6 +53,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-dets", type=int, default=100, help="detections per image (COCO: 100)"
     )
+    parser.add_argument(
+        "--mob-ranges", nargs="*", type=float, metavar="EDGE",
+        help="also AP / AP50 / AP75 per GT mask-over-box ratio range, as COCO's APs/APm/APl; "
+             "edges (default 0 0.4 0.6 0.8 1: [0, 0.4], ..., [0.8, 1]); needs masks in the results",
+    )
     parser.add_argument("--output", help="write the metrics here as json (atomically)")
     parser.add_argument(
         "--quiet", action="store_true", help="no per-class tables, no COCO printout"
@@ -61,15 +67,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from mayolact.evaluation.mob_ranges import DEFAULT_MOB_EDGES
     from mayolact.evaluation.results_file import InputError, evaluate_results_file
     from mayolact.utils.logger import setup_logging
 
     setup_logging(with_detectron2=True)
+    mob_edges = () if args.mob_ranges is None else (args.mob_ranges or DEFAULT_MOB_EDGES)
     try:
         evaluate_results_file(
             args.results, dataset=args.dataset, gt=args.gt, tasks=args.tasks,
             backend=args.backend, tau=args.tau, lrp=not args.no_lrp, max_dets=args.max_dets,
-            output=args.output, verbose=not args.quiet)
+            mob_edges=mob_edges, output=args.output, verbose=not args.quiet)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -139,6 +139,8 @@ def add_mayolact_config(cfg):
                                   # run's first window (of the losses so far within it; 0: off)
     s.RELATIVE_STEPS = ()  # LR steps as fractions of SOLVER.MAX_ITER, used when SOLVER.STEPS is
                            # empty
+    s.DETERMINISTIC = False  # SEED alone fixes the data stream; deterministic kernels (same
+                             # threads: bit for bit)
 
 
     # ---------------------------------------------------------- evaluation
@@ -147,6 +149,8 @@ def add_mayolact_config(cfg):
     t.COCO_BACKEND = "auto"  # COCO AP backend: "pycocotools", "faster_coco_eval" or "auto"
     t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
+    t.MOB_RANGES = ()  # edges of GT mask-over-box ranges for AP per range, e.g. (0, 0.4, 0.6, 0.8,
+                       # 1); () off
     t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float
                         # rounding)
     t.MAX_IMAGE_PIXELS = 2048 * 2048  # YOLACTPredictor: larger images are shrunk to this many

@@ -54,6 +54,7 @@ from mayolact.engine.hooks import (
     StagedPeriodicCheckpointer,
     watch_parent,
 )
+from mayolact.utils.determinism import data_stream_seeds, is_deterministic
 from mayolact.utils.events import StrictJSONWriter
 
 __all__ = [
@@ -443,12 +444,14 @@ class Trainer(DefaultTrainer):
     def build_train_sampler(cls, cfg, size: int):
         """A :class:`~mayolact.data.samplers.ResumableTrainingSampler` over ``size`` images for
         ``DATALOADER.SAMPLER_TRAIN: TrainingSampler``; None for Detectron2's other samplers
-        (``build_detection_train_loader`` builds them from the config)."""
+        (``build_detection_train_loader`` builds them from the config). In deterministic mode its
+        seed comes from ``SEED`` alone (:mod:`mayolact.utils.determinism`)."""
         from mayolact.data.samplers import ResumableTrainingSampler
 
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return None
-        return ResumableTrainingSampler(size)
+        seed = data_stream_seeds(cfg, comm.get_rank())[0] if is_deterministic(cfg) else None
+        return ResumableTrainingSampler(size, seed=seed)
 
     @classmethod
     def build_train_loader(cls, cfg, dataset: Optional[List[dict]] = None, sampler=None):
@@ -478,6 +481,10 @@ class Trainer(DefaultTrainer):
             DatasetFromList(dataset, copy=False), mapper,
             max_resample=cfg.INPUT.YOLACT.MAX_RESAMPLE, names=cfg.DATASETS.TRAIN)
         kwargs["mapper"] = None  # mapped by the dataset above
+        # Deterministic mode: the workers' seeds come from SEED alone, not from the RNGs' state
+        # after the model's initialisation (mayolact.utils.determinism).
+        if is_deterministic(cfg):
+            kwargs["seed"] = data_stream_seeds(cfg, comm.get_rank())[1]
         return build_detection_train_loader(**kwargs)
 
     @classmethod

@@ -30,9 +30,27 @@ from .lrp import (
     lrp_results_dict,
     olrp_from_matches,
 )
+from .mob_ranges import (
+    DEFAULT_MOB_EDGES,
+    RangeCOCOeval,
+    RangeResult,
+    evaluate_ranges,
+    gt_mob_ratios,
+    mob_range_metrics,
+    parse_mob_edges,
+    range_results_dict,
+)
 
 __all__ = [
     "COCO_BACKENDS",
+    "DEFAULT_MOB_EDGES",
+    "RangeCOCOeval",
+    "RangeResult",
+    "evaluate_ranges",
+    "gt_mob_ratios",
+    "mob_range_metrics",
+    "parse_mob_edges",
+    "range_results_dict",
     "SUPPORTED_TASKS",
     "MaYOLACTCOCOEvaluator",
     "LRPEvaluator",
@@ -94,7 +112,8 @@ def build_mayolact_evaluator(cfg, dataset_name: str, output_dir=None) -> Merging
     """COCO AP (+ optimal LRP if ``TEST.YOLACT.LRP``) for boxes, and masks if ``MODEL.MASK_ON``.
 
     Config keys: ``TEST.YOLACT.COCO_BACKEND`` ("auto", "pycocotools", "faster_coco_eval"),
-    ``TEST.YOLACT.LRP``, ``TEST.YOLACT.LRP_TAU``, ``TEST.DETECTIONS_PER_IMAGE`` (COCO's limit).
+    ``TEST.YOLACT.LRP``, ``TEST.YOLACT.LRP_TAU``, ``TEST.YOLACT.MOB_RANGES`` (AP by GT
+    mask-over-box range), ``TEST.DETECTIONS_PER_IMAGE`` (COCO's limit).
 
     Args:
         cfg: a config with maYOLACT's keys (``add_mayolact_config``).
@@ -113,7 +132,8 @@ def build_mayolact_evaluator(cfg, dataset_name: str, output_dir=None) -> Merging
         output_dir=output_dir,
         max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
     )
-    coco = MaYOLACTCOCOEvaluator(dataset_name, backend=cfg.TEST.YOLACT.COCO_BACKEND, **common)
+    coco = MaYOLACTCOCOEvaluator(dataset_name, backend=cfg.TEST.YOLACT.COCO_BACKEND,
+                                 mob_edges=cfg.TEST.YOLACT.MOB_RANGES, **common)
     evaluators = [coco]
     if cfg.TEST.YOLACT.LRP:
         evaluators.append(

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -488,6 +489,7 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
         backend: str = "auto",
         max_dets_per_image: Optional[int] = None,
         allow_cached_coco: bool = True,
+        mob_edges: Sequence[float] = (),
     ):
         """
         Args:
@@ -500,9 +502,16 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
                 :func:`resolve_coco_backend`).
             max_dets_per_image: COCO's detection limit (default 100).
             allow_cached_coco: reuse a converted COCO json from an earlier run.
+            mob_edges: edges of GT mask-over-box ranges; non-empty adds AP / AP50 / AP75 per
+                range to each task's results (:mod:`mayolact.evaluation.mob_ranges`).
         """
+        from .mob_ranges import parse_mob_edges
+
         if tasks is not None:
             tasks = check_tasks(tasks)
+        parse_mob_edges(mob_edges)  # bad edges fail here, not after inference
+        self._mob_edges = tuple(float(e) for e in mob_edges)
+        self._gt_mob = None  # GT ratios, computed at the first evaluation
         super().__init__(
             dataset_name,
             tasks=tasks,
@@ -578,6 +587,42 @@ class MaYOLACTCOCOEvaluator(COCOEvaluator):
             self._results[task] = self._derive_coco_results(
                 coco_eval, task, class_names=self._metadata.get("thing_classes")
             )
+            if self._mob_edges and coco_results:
+                self._results[task].update(self._mob_range_results(coco_results, task, img_ids))
+
+    def _mob_range_results(self, coco_results, task, img_ids):
+        """AP / AP50 / AP75 of ``task`` per GT MOB range, logged as tables (x100)."""
+        from .mob_ranges import (
+            format_per_class_range_table,
+            format_range_table,
+            gt_mob_ratios,
+            mob_range_metrics,
+            range_results_dict,
+            results_have_masks,
+        )
+
+        if not results_have_masks(coco_results):
+            self._logger.info(f"No masks in the {task} results: no AP by MOB range")
+            return {}
+        start = time.perf_counter()
+        if self._gt_mob is None:
+            self._gt_mob = gt_mob_ratios(self._coco_api)
+        result = mob_range_metrics(
+            self._coco_api, coco_results, task, self._mob_edges,
+            max_dets_per_image=self._max_dets_per_image[2], img_ids=img_ids,
+            gt_ratios=self._gt_mob,
+        )
+        self._logger.info(
+            f"Evaluation results for {task} by GT mask-over-box ratio (COCO's area-range rules, "
+            f"{time.perf_counter() - start:.2f} s): \n{format_range_table(result)}"
+        )
+        names = self._metadata.get("thing_classes")
+        if names is not None and len(names) == result.per_class_ap.shape[0]:
+            self._logger.info(
+                f"Per-category {task} AP by MOB range: \n"
+                + format_per_class_range_table(result, names)
+            )
+        return range_results_dict(result)
 
 
 def coco_metrics(coco_eval, iou_type: str, class_names: Optional[Sequence[str]] = None):

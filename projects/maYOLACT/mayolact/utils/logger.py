@@ -87,8 +87,10 @@ def setup_logging(output_dir=None, distributed_rank: int = 0, *,
 
 
 def default_setup(cfg, args) -> None:
-    """Detectron2's ``default_setup`` (output folder, its loggers, environment, ``config.yaml``)
-    followed by :func:`setup_logging` into the same ``log.txt``.
+    """Detectron2's ``default_setup`` (output folder, its loggers, environment, ``config.yaml``,
+    the RNGs seeded from ``SEED``) followed by :func:`setup_logging` into the same ``log.txt``
+    and, with ``SOLVER.YOLACT.DETERMINISTIC``, the deterministic kernels
+    (:mod:`mayolact.utils.determinism`).
 
     Args:
         cfg: the run's config.
@@ -97,5 +99,8 @@ def default_setup(cfg, args) -> None:
     from detectron2.engine import default_setup as d2_default_setup
     from detectron2.utils import comm
 
+    from mayolact.utils.determinism import configure_determinism
+
     d2_default_setup(cfg, args)
     setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+    configure_determinism(cfg)
