@@ -193,6 +193,53 @@ def test_deform_conv2d_exports_to_deformconv(stride, padding, dilation, use_mask
     np.testing.assert_allclose(out, module(*args).numpy(), rtol=1e-4, atol=1e-4)
 
 
+class _DeformModule(nn.Module):
+    """maYOLACT's DCN layer (``kernel``), or the ATen kernel's standard-op form (``gather``)."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
+
+        self.kernel = kernel
+        self.conv = ModulatedDeformConv2d(8, 6, 3, stride=2, padding=1, deformable_groups=2,
+                                          kernel="aten" if kernel == "gather" else kernel)
+
+    def forward(self, x, offset, mask):
+        if self.kernel != "gather":
+            return self.conv(x, offset, mask)
+        from mayolact.modeling.backbone.deform_conv import modulated_deform_conv2d
+
+        return modulated_deform_conv2d(x, offset, mask, self.conv.weight, None, 2, 1, 1,
+                                       sampler="gather")
+
+
+@pytest.mark.parametrize("kernel", ["auto", "aten", "torchvision", "gather"])
+def test_deformable_conv_exports(kernel):
+    """Whatever DCN_KERNEL runs in eager, the ONNX graph holds DeformConv (onnxruntime runs it
+    faster than the standard-op form); the standard-op form (sampler "gather") exports too."""
+    import onnx
+
+    if kernel != "gather":
+        skip_onnx_without_deformconv(CONFIGS["mayolact"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 11, 9, generator=g)
+    offset = 2.5 * torch.randn(1, 2 * 2 * 9, 6, 5, generator=g)
+    mask = torch.rand(1, 2 * 9, 6, 5, generator=g)
+    module = _DeformModule(kernel).eval()
+    f = io.BytesIO()
+    with onnx_symbolics(ONNX_OPSET), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x, offset, mask), f, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["x", "offset", "mask"])
+    ops = {n.op_type for n in onnx.load_from_string(f.getvalue()).graph.node}
+    assert ("DeformConv" in ops) == (kernel != "gather"), ops
+    session = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"x": x.numpy(), "offset": offset.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        expected = module(x, offset, mask).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_postprocess_takes_the_traced_output_size():
     """The export feeds the output size as 0-dim tensors; the result equals the int path's."""
     from detectron2.structures import Boxes, Instances

@@ -91,6 +91,8 @@ def add_mayolact_config(cfg):
     y.DEFORM_INTERVAL = 1  # in DCN stages, every n-th block is deformable (YOLACT++ R-101: 3)
     y.RESNET_WIDTH_SCALE = 1.0  # multiplies every ResNet width (stem, bottleneck, output): CPU
                                 # demos
+    y.DCN_KERNEL = "auto"  # DCNv2 kernel: "auto" (torchvision's on CUDA, the vectorised "aten" one
+                           # elsewhere), "aten", or "torchvision" (the bit-exact reference)
 
     # Loading MODEL.WEIGHTS.
     y.WEIGHTS_SKIP_CLASS_LAYERS = False  # fine-tuning: class layers may be absent/other-sized in
