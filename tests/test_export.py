@@ -16,7 +16,6 @@ eager.
   model in training mode, an ONNX opset without DeformConv.
 """
 import contextlib
-import functools
 import io
 import warnings
 from pathlib import Path
@@ -24,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from torch import nn
 
 import mayolact  # noqa: F401  (registers everything)
-from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.export.exporter import (
     ONNX_OPSET,
     ExportedYOLACTPredictor,
@@ -42,9 +39,17 @@ from mayolact.export.exporter import (
     sample_inputs,
     summarize_comparisons,
 )
-from mayolact.modeling.backbone.carafe import CARAFEUpsample
 
-from common import QUICK, coco_mini_root, get_config, load_tool, tiny_config
+from common import (
+    QUICK,
+    coco_mini_root,
+    get_config,
+    load_tool,
+    onnxruntime_runs_deformconv,
+    save_checkpoint,
+    tiny_config,
+    trained_like_predictor,
+)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -70,25 +75,6 @@ def assert_reproduces(expected, actual, where):
     assert diff["mask_off_contour_pixels"] == 0, (where, diff)
     assert diff["mask_max_pixels"] <= max(expected.image_size), (where, diff)
     return diff
-
-
-@functools.lru_cache(maxsize=None)
-def onnxruntime_runs_deformconv():
-    """Whether this onnxruntime implements ONNX DeformConv (opset 19) on the CPU (1.32 does)."""
-    from onnx import TensorProto, helper
-
-    names = ["X", "W", "offset"]
-    node = helper.make_node("DeformConv", names, ["Y"], kernel_shape=[1, 1])
-    graph = helper.make_graph(
-        [node], "deformconv",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-    try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own NOT_IMPLEMENTED / INVALID_GRAPH errors
-        return False
-    return True
 
 
 def skip_onnx_without_deformconv(config):
@@ -298,32 +284,6 @@ def test_compare_instances_matches_near_ties_and_locates_mask_differences():
 
 
 # ---------------------------------------------------------------------- models on images
-def trained_like_predictor(cfg, image):
-    """An eager predictor on a seeded random model scaled to behave like a trained one.
-
-    DCN offsets (zero-initialised) get about a pixel and the CARAFE encoder non-uniform kernels;
-    the classifier and the box regressor are rescaled on ``image`` (BGR) so that the class logits
-    have a standard deviation of 2 (scores spread, rarely saturated: random weights give logits
-    in the hundreds, scores of 0 or 1, and ties) and the box deltas one of 0.5 (random: ~100).
-    """
-    torch.manual_seed(0)
-    predictor = YOLACTPredictor(cfg)
-    model = predictor.model
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if name.endswith("conv2_offset"):
-                nn.init.normal_(m.weight, std=0.05)
-            if isinstance(m, CARAFEUpsample):
-                nn.init.normal_(m.content_encoder.weight, std=0.05)
-        x = predictor.preprocess(image)
-        features = model.backbone(model.preprocess_image([x]).tensor)
-        logits, deltas, _ = model.head([features[f] for f in model.head_in_features])
-        for conv, outputs, std in ((model.head.cls_score, logits, 2.0),
-                                   (model.head.bbox_pred, deltas, 0.5)):
-            conv.weight.mul_(std / torch.cat([o.flatten() for o in outputs]).std())
-    return predictor
-
-
 @pytest.fixture(scope="module")
 def coco_images():
     root = coco_mini_root()
@@ -338,7 +298,7 @@ def exported(request, coco_images, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"export_{request.param}")
     cfg = get_config(str(CONFIGS[request.param]), OPTS)
     eager = trained_like_predictor(cfg, read_image(coco_images[0], format="BGR"))
-    DetectionCheckpointer(eager.model, save_dir=str(folder)).save("weights")
+    save_checkpoint(eager, folder / "weights.pth")
     opts = OPTS + ["MODEL.WEIGHTS", str(folder / "weights.pth")]
     runs_onnx = request.param != "mayolact" or onnxruntime_runs_deformconv()
     printed = io.StringIO()

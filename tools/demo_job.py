@@ -38,6 +38,7 @@ def main(argv=None):
     from mayolact.config import ConfigError, load_config
     from mayolact.engine import Trainer
     from mayolact.engine.demo import Demo
+    from mayolact.modeling.optimize import optimize_if_configured
     from mayolact.utils.file_io import write_json_atomic
     from mayolact.utils.logger import default_setup
 
@@ -74,6 +75,7 @@ def main(argv=None):
         model = trainer.model
     train_time = time.perf_counter() - start
 
+    optimize_if_configured(cfg, model)  # only inference from here: the rewrites, by default
     results = Trainer.test(cfg, model)
     eval_time = time.perf_counter() - start - train_time
 

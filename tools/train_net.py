@@ -90,6 +90,7 @@ def main(args):
 
     from mayolact.checkpoint import YOLACTCheckpointer
     from mayolact.engine import Trainer
+    from mayolact.modeling.optimize import optimize_if_configured
 
     cfg = setup(args)
     if args.eval_only:
@@ -97,6 +98,7 @@ def main(args):
         YOLACTCheckpointer.from_config(cfg, model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        optimize_if_configured(cfg, model)  # only inference from here: the rewrites, by default
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

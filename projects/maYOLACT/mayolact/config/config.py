@@ -144,8 +144,8 @@ def add_mayolact_config(cfg):
     t.COCO_BACKEND = "auto"  # COCO AP backend: "pycocotools", "faster_coco_eval" or "auto"
     t.LRP = True  # also report optimal LRP (oLRP) next to COCO AP
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
-    t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float
-                        # rounding)
+    t.OPTIMIZE = True  # where the model only infers: fold batch norms, channels-last (outputs move
+                       # by float rounding); False: the bit-exact path
 
 
 def resolved_num_classes(cfg) -> int:

@@ -11,6 +11,7 @@ from detectron2.engine import DefaultPredictor
 from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
 from mayolact.data.datasets import dataset_metadata
+from mayolact.modeling.optimize import optimize_if_configured
 from mayolact.utils.profiling import stage
 
 __all__ = ["YOLACTPredictor"]
@@ -29,8 +30,9 @@ class YOLACTPredictor(DefaultPredictor):
       the same per-image results as one at a time, up to float rounding;
     * weights load through :class:`mayolact.checkpoint.checkpointer.YOLACTCheckpointer` (foreign
       formats too);
-    * ``TEST.YOLACT.OPTIMIZE`` applies :func:`mayolact.export.optimize.optimize_for_inference`
-      (folded batch norms, channels-last); inference runs under ``torch.inference_mode``.
+    * the inference rewrites of :func:`mayolact.modeling.optimize.optimize_for_inference` (folded
+      batch norms, channels-last) are applied unless ``TEST.YOLACT.OPTIMIZE`` is False (the
+      bit-exact path); inference runs under ``torch.inference_mode``.
 
     Example::
 
@@ -56,11 +58,7 @@ class YOLACTPredictor(DefaultPredictor):
         self.cfg.MODEL.WEIGHTS = weights
         if weights:
             YOLACTCheckpointer.from_config(self.cfg, self.model).load(weights)
-        if self.cfg.TEST.YOLACT.OPTIMIZE:
-            # Imported here: mayolact.export builds on this module (ExportedYOLACTPredictor).
-            from mayolact.export.optimize import optimize_for_inference
-
-            optimize_for_inference(self.model)
+        optimize_if_configured(self.cfg, self.model)
         self.aug = T.AugmentationList(build_yolact_test_augmentation(self.cfg))
         names = self.cfg.DATASETS.TEST
         if names and names[0] in DatasetCatalog.list():  # class names of a COCO json not yet read
