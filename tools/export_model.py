@@ -5,7 +5,11 @@ The command-line shell over ``mayolact.export.exporter`` (laid out like Detectro
 ``tools/deploy/export_model.py``): the model is built from the config, its weights loaded, traced
 through Detectron2's ``TracingAdapter`` on one sample image, and written as ``model.ts`` and / or
 ``model.onnx`` in ``--output``. ``--check`` runs the written files (ONNX in onnxruntime on the CPU)
-on the sample image and prints how far they are from the eager model.
+on the sample image and prints how far they are from the eager model. ``--quantize int8`` also
+writes ``model_int8.onnx``, onnxruntime's static int8 quantization calibrated on the first
+``--calibration-images`` images of ``DATASETS.TEST[0]`` (``mayolact.export.quantize``);
+``--evaluate`` prints the COCO AP and oLRP of the eager model and of every written model on
+``DATASETS.TEST``.
 
 Examples::
 
@@ -16,6 +20,9 @@ Examples::
         --sample-image ../shared/data/coco_mini/val2017/000000000139.jpg --output output/export
     python tools/demo.py --config-file <cfg> --exported output/export/model.onnx --input image.jpg \
         --output output/vis
+    python tools/export_model.py --config-file configs/shapes/mayolact_shapes_demo.yaml \
+        --format onnx --quantize int8 --evaluate --output output/export_int8 \
+        MODEL.WEIGHTS output/demo/model_final.pth
 """
 import argparse
 import os
@@ -24,6 +31,8 @@ import sys
 #: The keys of ``mayolact.export.exporter.EXPORT_FORMATS``, spelled out so that ``--help`` imports
 #: no torch.
 FORMATS = ("onnx", "torchscript")
+#: ``mayolact.export.quantize.QUANTIZE_MODES``, spelled out for the same reason.
+QUANTIZE_MODES = ("int8",)
 
 
 def get_parser():
@@ -39,6 +48,15 @@ def get_parser():
                         help="compare the exported models, and the eager model in float64, with "
                              "the eager model on N images (default 1): the sample image and the "
                              "next ones of its folder")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=None,
+                        help="also write model_int8.onnx: onnxruntime static int8 quantization "
+                             "of model.onnx (needs --format onnx)")
+    parser.add_argument("--calibration-images", type=int, default=50, metavar="N",
+                        help="--quantize: calibrate on the first N images of DATASETS.TEST[0] "
+                             "(default 50)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="print COCO AP and oLRP of the eager model and of each written model "
+                             "on DATASETS.TEST")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER,
                         help="config overrides as KEY VALUE pairs")
     return parser
@@ -59,7 +77,12 @@ def sample_image_path(cfg, sample_image):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.quantize and "onnx" not in args.format:
+        parser.error("--quantize needs --format onnx (it quantizes model.onnx)")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images must be >= 1, got {args.calibration_images}")
     # Heavy imports after the parse, so that --help answers at once.
     import copy
 
@@ -99,6 +122,8 @@ def main(argv=None):
                          args.output, args.format)
     for fmt, written in paths.items():
         logger.info("wrote %s (%s, traced on %s)", written, fmt, path)
+    if args.quantize:
+        paths["onnx int8"] = quantize(cfg, paths["onnx"], args.calibration_images, logger)
 
     if args.check > 0:
         folder = sorted(expand_inputs([os.path.dirname(os.path.abspath(path))]))
@@ -116,7 +141,47 @@ def main(argv=None):
                     [compare_instances(e, run(im)["instances"]) for e, im in zip(expected, images)])
             print(f"{name} vs eager on {len(images)} images: "
                   + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()))
+    if args.evaluate:
+        evaluate(cfg, predictor.model, paths, args.output)
     return 0
+
+
+def quantize(cfg, onnx_path, num_images, logger):
+    """``model_int8.onnx`` beside ``onnx_path``, calibrated on the first ``num_images`` images of
+    ``DATASETS.TEST[0]``."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    from mayolact.export.quantize import quantize_int8
+
+    if not cfg.DATASETS.TEST:
+        raise ValueError("--quantize calibrates on DATASETS.TEST[0], and the config has none")
+    dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:num_images]
+    logger.info("int8: calibrating on %d images of %s", len(dicts), cfg.DATASETS.TEST[0])
+    images = [read_image(d["file_name"], format="BGR") for d in dicts]
+    written = quantize_int8(onnx_path, os.path.join(os.path.dirname(onnx_path),
+                                                    "model_int8.onnx"), images)
+    logger.info("wrote %s (onnx, int8)", written)
+    return written
+
+
+def evaluate(cfg, model, paths, output_dir):
+    """The accuracy table: the eager model and each written model on ``DATASETS.TEST``."""
+    from mayolact.export.quantize import evaluate as evaluate_model
+    from mayolact.export.quantize import evaluate_exported
+
+    rows = [("eager (float32)", evaluate_model(cfg, model, os.path.join(output_dir, "eval_eager")))]
+    for name, written in paths.items():
+        out = os.path.join(output_dir, "eval_" + name.replace(" ", "_"))
+        rows.append((f"{name} ({os.path.basename(written)})",
+                     evaluate_exported(cfg, written, out)))
+    print(f"\nAccuracy on {', '.join(cfg.DATASETS.TEST)}:\n")
+    print("| model | mask AP | box AP | mask oLRP | box oLRP |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in rows:
+        segm, bbox = r.get("segm", {}), r.get("bbox", {})
+        cells = [segm.get("AP"), bbox.get("AP"), segm.get("oLRP"), bbox.get("oLRP")]
+        print(f"| {name} | " + " | ".join("-" if c is None else f"{c:.2f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":
