@@ -45,7 +45,8 @@ def test_benchmark_inference_interleaves_paths_and_prints_the_ratios(capsys):
                   f"{dcn.stem}, bit-exact path"):
         assert sum(line.startswith(f"| {label} |") for line in out.splitlines()) == 2, label
     ratios = out[out.index("Ratios of this run"):]
-    for what in (f"{dcn.stem} vs {dense.stem}, end to end", "(res3-res5, dense) vs",
+    for what in (f"{dcn.stem} vs {dense.stem}, end to end", "the network alone",
+                 "(res3-res5, dense) vs",
                  "default path vs rewritten path", "bit-exact path vs default path"):
         assert what in ratios, what
     deviation = [line for line in out.splitlines()

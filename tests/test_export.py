@@ -342,12 +342,19 @@ def test_benchmark_times_exported_models(exported, capsys):
     config = CONFIGS["yolact"]
     code = load_tool("benchmark_inference").main([
         "--configs", str(config), "--images", "1", "--warmup", "0", "--no-flops",
-        "--exported", paths["onnx"], "--exported", paths["torchscript"], *OPTS])
+        "--exported", paths["onnx"], "--exported", paths["torchscript"], "--profile-exported",
+        *OPTS])
     assert code == 0
     table = capsys.readouterr().out
     for path in paths.values():
         row = next(line for line in table.splitlines() if line.startswith(f"| {path} |"))
         assert float(row.split("|")[2]) > 0  # ms / image
+    # --profile-exported: the ONNX model's time by part of the graph (onnxruntime's profiler).
+    parts = [line for line in table.splitlines() if line.startswith(f"| {paths['onnx']} |")][1]
+    cells = parts.strip("|").split("|")[1:]
+    assert len(cells) == 7 and float(cells[-1]) > 0
+    dcn = float(cells[0].split()[0])
+    assert (dcn > 0) == (exported_config == CONFIGS["mayolact"])  # DeformConv nodes
 
 
 def test_demo_draws_with_an_exported_model(exported, coco_images, tmp_path):

@@ -52,6 +52,10 @@ def get_parser():
     p.add_argument("--exported", action="append", default=[], metavar="MODEL",
                    help="also time an exported model (.onnx, .ts of tools/export_model.py); "
                         "repeatable")
+    p.add_argument("--profile-exported", action="store_true",
+                   help="also split each exported ONNX model's time by part of the graph (DCN, "
+                        "CARAFE, backbone, head, mask resize, post-processing; onnxruntime's "
+                        "profiler)")
     p.add_argument("--compare-paths", action="store_true",
                    help="also time the first config's rewritten path and the bit-exact path of "
                         "the first and the last config")

@@ -23,7 +23,8 @@ from mayolact.config import load_config, load_rows
 from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.utils.profiling import STAGES, StageTimer, count_flops, measure_peak_flops
 
-__all__ = ["ROWS_FILE", "RESNET_STAGES", "BIT_EXACT", "REWRITTEN", "CLOCKS", "run_benchmark"]
+__all__ = ["ROWS_FILE", "RESNET_STAGES", "BIT_EXACT", "REWRITTEN", "CLOCKS", "ONNX_PARTS",
+           "onnx_time_by_part", "run_benchmark"]
 
 REPO = Path(__file__).resolve().parents[4]
 CFG_DIR = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -133,6 +134,63 @@ def _exported_row(path, args) -> _Row:
     from mayolact.export.exporter import ExportedYOLACTPredictor
 
     return _Row(path, ExportedYOLACTPredictor(path), CLOCKS[args.clock])
+
+
+#: Parts of an exported graph for :func:`onnx_time_by_part`: (name, test on (node name, op type)),
+#: the first that matches wins. Node names keep the exporter's module path through onnxruntime's
+#: fusions (e.g. ``/model/backbone/bottom_up/res3/res3.0/conv2/DeformConv``).
+ONNX_PARTS = (
+    ("DCN (DeformConv)", lambda name, op: op == "DeformConv"),
+    ("CARAFE", lambda name, op: "/fpn_upsample" in name),
+    ("backbone + FPN, the rest", lambda name, op: name.startswith("/model/backbone")),
+    ("head + protonet", lambda name, op: name.startswith(("/model/head", "/model/protonet"))),
+    ("mask resize", lambda name, op: op == "Resize"),
+    ("post-processing, the rest", lambda name, op: True),
+)
+
+
+def onnx_time_by_part(path: str, images, warmup: int = 1) -> Dict[str, float]:
+    """Seconds per image spent in each part (:data:`ONNX_PARTS`) of an ONNX model of
+    ``tools/export_model.py``, from onnxruntime's profiler (kernel times, one CPU thread per
+    torch thread as :class:`ExportedYOLACTPredictor` runs it)."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    from mayolact.export.exporter import INPUT_NAMES, ExportedYOLACTPredictor, sample_inputs
+
+    predictor = ExportedYOLACTPredictor(path)
+    feeds = []
+    for image in images:
+        x = predictor.preprocess(image)
+        flat = sample_inputs(x["image"], x["height"], x["width"])[0]
+        feeds.append({name: flat[name].numpy() for name in INPUT_NAMES})
+    plain = ort.SessionOptions()
+    plain.intra_op_num_threads = torch.get_num_threads()
+    warm = ort.InferenceSession(path, sess_options=plain, providers=["CPUExecutionProvider"])
+    for feed in feeds[:warmup]:
+        warm.run(None, feed)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "profile")
+        session = ort.InferenceSession(path, sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        for feed in feeds:
+            session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    parts = {name: 0.0 for name, _ in ONNX_PARTS}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        node, op = e["name"][:-len("_kernel_time")], e.get("args", {}).get("op_name", "")
+        part = next(name for name, test in ONNX_PARTS if test(node, op))
+        parts[part] += e["dur"] * 1e-6 / len(feeds)
+    return parts
 
 
 def _interleaved(rows: List[_Row], batches, warmup: int) -> None:
@@ -279,6 +337,19 @@ def run_benchmark(args):
         for r in exported:
             print(f"| {r.label} | {1000 * r.median:.0f} | {1.0 / r.median:.2f} | "
                   f"{r.median / base:.2f}x | {statistics.mean(r.detections):.1f} |")
+        onnx = [r for r in exported if r.label.endswith(".onnx")]
+        if args.profile_exported and onnx:
+            print(f"\nWhere the ONNX models spend their time: onnxruntime's profiler, kernel "
+                  f"ms per image over the {len(images)} images (wall clock, whatever --clock "
+                  f"says: on a busy machine read the shares), by part of the graph.\n")
+            print("| exported model | " + " | ".join(n for n, _ in ONNX_PARTS) + " | total |")
+            print("|---|" + "---:|" * (len(ONNX_PARTS) + 1))
+            for r in onnx:
+                parts = onnx_time_by_part(r.label, images, args.warmup)
+                total = sum(parts.values())
+                print(f"| {r.label} | " + " | ".join(f"{1000 * v:.1f} ({v / total:.0%})"
+                                                     for v in parts.values())
+                      + f" | {1000 * total:.1f} |")
 
     deviations = _deviation(rows, images[:args.deviation], args) if args.deviation else []
     if deviations:
@@ -297,6 +368,11 @@ def run_benchmark(args):
     if len(rows) > 1:
         _ratio_line(f"{rows[-1].label} vs {rows[0].label}, end to end", rows[-1].median / base,
                     "target <= 1.15x")
+        network = ("backbone + FPN", "head + protonet")
+        _ratio_line(f"{rows[-1].label} vs {rows[0].label}, the network alone ("
+                    f"{' and '.join(network)}; the rest grows with the detections)",
+                    sum(rows[-1].stage_seconds(k) for k in network)
+                    / sum(rows[0].stage_seconds(k) for k in network), "mean times")
         if not args.no_flops:
             dcn = _dcn_rate_ratio(rows)
             if dcn is not None:
