@@ -74,3 +74,11 @@ def test_fast_nms_benchmark_checks_and_prints(capsys):
     main(["--sets", "1", "--repeats", "1", "--background", "5"])
     out = capsys.readouterr().out
     assert "| 0 |" in out and "same detections, bit for bit" in out
+
+
+def test_deform_conv_benchmark_checks_and_prints(capsys):
+    from benchmark_deform_conv import main
+
+    main(["--repeats", "1", "--skip-training"])
+    out = capsys.readouterr().out
+    assert out.count("| res") == 4 and "| 35 |" in out and "torchvision / ATen" in out

@@ -18,8 +18,8 @@ neighbour's kernel weights (N, h, s, w, s, g, 1) into the output (N, h, s, w, s,
 operand is read with the channels contiguous, so each of the k^2 steps is one vectorised pass over
 the output; no unfolded (N, C, k^2, h, w) tensor is built (the largest intermediate is the output
 itself), and the result is the sum of the k^2 products in neighbour order, as the CUDA kernel
-adds them. An ``einsum`` over the unfolded input, the earlier form, took 17 times longer on a CPU
-at maYOLACT-550's P4 -> P3 (docs, BENCHMARKS).
+adds them. An ``einsum`` over the unfolded input, the earlier form, took 13 times longer on a CPU
+at maYOLACT-550's P4 -> P3 (``tests/benchmark_deform_conv.py``).
 
 Shapes: N images, C channels, (h, w) input size, s scale factor, k reassembly kernel, g groups.
 """

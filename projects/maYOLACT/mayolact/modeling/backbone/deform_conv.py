@@ -34,8 +34,9 @@ backward; in float64 they agree to 1e-12). One difference: an infinite offset gi
 (inf - inf in ``ly``) and 0 in torchvision.
 
 ``sampler="gather"`` replaces the embedding bag by four ``index_select`` (ONNX ``Gather``) and a
-weighted sum: the standard-op form. Exported to ONNX it ran 1.15x slower in onnxruntime than ONNX
-``DeformConv`` (maYOLACT-550, one thread), so exports use ``DeformConv``
+weighted sum: the standard-op form. Exported to ONNX it ran 2.4x slower in onnxruntime than ONNX
+``DeformConv`` on a res3 layer of maYOLACT-550 (one thread, ``tests/benchmark_deform_conv.py
+--onnx``), so exports use ``DeformConv``
 (:class:`~mayolact.modeling.backbone.resnet.ModulatedDeformConv2d`).
 """
 import functools
