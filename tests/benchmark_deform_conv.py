@@ -28,8 +28,6 @@ Example::
 """
 import argparse
 import io
-import statistics
-import time
 import warnings
 
 import torch
@@ -39,22 +37,13 @@ from torchvision.ops import deform_conv2d
 from mayolact.modeling.backbone.carafe import carafe
 from mayolact.modeling.backbone.deform_conv import modulated_deform_conv2d
 
+from common import CONFIGS, cpu_time
+
 #: maYOLACT-550's deformable 3x3 convolutions: (label, channels, input side, stride).
 DCN_SHAPES = (("res3, first block (stride 2)", 128, 138, 2), ("res3", 128, 69, 1),
               ("res4", 256, 35, 1), ("res5", 512, 18, 1))
 #: maYOLACT-550's CARAFE upsamplings: input side (256 channels, x2).
 CARAFE_SIDES = (35, 18, 9, 5)
-
-
-def cpu_time(fn, repeats: int) -> float:
-    """Median CPU seconds of the calling thread over ``repeats`` calls, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
 
 
 def dcn_inputs(channels, side, stride, seed=0):
@@ -109,8 +98,6 @@ def _resnet(config, overrides, kernel):
 
 
 def training_table(repeats):
-    from common import CONFIGS
-
     demo = str(CONFIGS / "shapes" / "mayolact_shapes_demo.yaml")
     full = str(CONFIGS / "COCO-InstanceSegmentation" / "mayolact_R_50_FPN_550.yaml")
     rows = (

@@ -19,12 +19,13 @@ Example::
 """
 import argparse
 import statistics
-import time
 
 import torch
 from test_postprocessing import _fast_nms_dense_reference
 
 from mayolact.modeling.postprocessing import fast_nms
+
+from common import cpu_time
 
 
 def coco_like_candidates(seed: int, background: float = 6.5, n: int = 1000, num_classes: int = 80,
@@ -46,17 +47,6 @@ def coco_like_candidates(seed: int, background: float = 6.5, n: int = 1000, num_
     logits[rows, (labels[obj] + 1) % num_classes] += 2 * torch.rand(n, generator=gen)  # confusion
     scores = logits.softmax(dim=1)[:, :num_classes]
     return boxes, scores, torch.randn(n, 32, generator=gen)
-
-
-def cpu_time(fn, repeats: int) -> float:
-    """Median CPU seconds of the calling thread over ``repeats`` calls, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):

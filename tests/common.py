@@ -162,6 +162,22 @@ def onnxruntime_runs_deformconv():
     return True
 
 
+# --------------------------------------------------------------------------- benchmarks
+def cpu_time(fn, repeats: int) -> float:
+    """Median CPU seconds of the calling thread over ``repeats`` calls of ``fn``, after one
+    warm-up: the benchmark scripts' clock, robust to other processes on the machine."""
+    import statistics
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        fn()
+        times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
 # -------------------------------------------------------------------------------- tools
 _TOOLS: Dict[str, SimpleNamespace] = {}
 
