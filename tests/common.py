@@ -6,6 +6,7 @@ shrinks the built-in shapes sets (``mayolact_shapes_train`` 8 images, ``mayolact
 so no test writes to the user's cache or generates the full sets.
 """
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -96,6 +97,79 @@ def build_tiny_model(cfg, seed: int = 0):
     return build_model(cfg)
 
 
+# ------------------------------------------------------------------ models for export tests
+def trained_like_predictor(cfg, image):
+    """An eager predictor on a seeded random model scaled to behave like a trained one.
+
+    DCN offsets (zero-initialised) get about a pixel and the CARAFE encoder non-uniform kernels;
+    the classifier and the box regressor are rescaled on ``image`` (BGR) so that the class logits
+    have a standard deviation of 2 (scores spread, rarely saturated: random weights give logits
+    in the hundreds, scores of 0 or 1, and ties) and the box deltas one of 0.5 (random: ~100).
+    The inference rewrites are applied last, as ``cfg`` asks (the predictor's default); the
+    weights before them, as a training run saves them, are in ``predictor.checkpoint``
+    (:func:`save_checkpoint`).
+    """
+    import copy
+
+    from torch import nn
+
+    from mayolact.engine.predictor import YOLACTPredictor
+    from mayolact.modeling.backbone.carafe import CARAFEUpsample
+    from mayolact.modeling.optimize import optimize_if_configured
+
+    exact = cfg.clone()
+    exact.defrost()
+    exact.TEST.YOLACT.OPTIMIZE = False
+    torch.manual_seed(0)
+    predictor = YOLACTPredictor(exact)
+    model = predictor.model
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.endswith("conv2_offset"):
+                nn.init.normal_(m.weight, std=0.05)
+            if isinstance(m, CARAFEUpsample):
+                nn.init.normal_(m.content_encoder.weight, std=0.05)
+        x = predictor.preprocess(image)
+        features = model.backbone(model.preprocess_image([x]).tensor)
+        logits, deltas, _ = model.head([features[f] for f in model.head_in_features])
+        for conv, outputs, std in ((model.head.cls_score, logits, 2.0),
+                                   (model.head.bbox_pred, deltas, 0.5)):
+            conv.weight.mul_(std / torch.cat([o.flatten() for o in outputs]).std())
+    predictor.checkpoint = copy.deepcopy(model.state_dict())
+    optimize_if_configured(cfg, model)
+    return predictor
+
+
+def save_checkpoint(predictor, path) -> str:
+    """Save :func:`trained_like_predictor`'s weights (before the rewrites) as a Detectron2
+    checkpoint at ``path``; returns ``path``."""
+    torch.save({"model": predictor.checkpoint}, str(path))
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def onnxruntime_runs_deformconv():
+    """Whether this onnxruntime implements ONNX DeformConv (opset 19) on the CPU (1.32 does)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from mayolact.export.exporter import ONNX_OPSET
+
+    names = ["X", "W", "offset"]
+    node = helper.make_node("DeformConv", names, ["Y"], kernel_shape=[1, 1])
+    graph = helper.make_graph(
+        [node], "deformconv",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own NOT_IMPLEMENTED / INVALID_GRAPH errors
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- benchmarks
 # -------------------------------------------------------------------------------- tools
 _TOOLS: Dict[str, SimpleNamespace] = {}
 

@@ -1,4 +1,6 @@
 """The speed tools run end to end on tiny settings and print their tables (no timing asserted)."""
+import pytest
+
 from common import QUICK_CONFIG as QUICK
 from common import load_tool
 
@@ -11,7 +13,7 @@ def test_benchmark_inference_prints_the_tables(capsys):
     out = capsys.readouterr().out
     assert "peak = " in out and "batch 2" in out
     rows = [line for line in out.splitlines() if line.startswith(f"| {QUICK.stem} |")]
-    assert len(rows) == 3  # end to end, per stage, arithmetic rate
+    assert len(rows) == 4  # end to end, per stage, arithmetic rate, ResNet stages
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     # 160x160 input: P3..P7 of 20, 10, 5, 3, 2 with one anchor each.
     assert cells[1] == "538"
@@ -21,6 +23,42 @@ def test_benchmark_inference_prints_the_tables(capsys):
     stages = [c.strip() for c in rows[1].strip("|").split("|")]
     assert len(stages) == 1 + 6 + 2  # the six stages, other, end to end
     assert all(float(c.split()[0]) > 0 for c in stages[1:7])
+    resnet = [c.strip() for c in rows[3].strip("|").split("|")]
+    assert len(resnet) == 1 + 4 and all("GFLOP" not in c and " ms / " in c for c in resnet[1:])
+
+
+def test_benchmark_inference_interleaves_paths_and_prints_the_ratios(capsys):
+    """--compare-paths: the rewritten and the bit-exact paths in the same run, and the ratios of
+    Table 4 (dense vs DCN stages); --deviation: the bit-exact path's detections against the
+    default path's; --clock thread on one thread."""
+    tool = load_tool("benchmark_inference")
+    dense = QUICK.parent / "yolact_R_50_FPN_quick_fixediou.yaml"
+    dcn = QUICK.parent / "mayolact_R_50_FPN_quick.yaml"
+    assert tool.main(["--configs", str(dense), str(dcn), "--images", "2", "--warmup", "0",
+                      "--device", "cpu", "--threads", "1", "--clock", "thread",
+                      "--peak-seconds", "0.05", "--dataset", "mayolact_shapes_val",
+                      "--compare-paths", "--deviation", "1", "INPUT.YOLACT.SIZE", "96",
+                      "MODEL.YOLACT.NUM_CLASSES", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU time of the one thread" in out
+    for label in (f"{dense.stem}, rewritten path", f"{dense.stem}, bit-exact path",
+                  f"{dcn.stem}, bit-exact path"):
+        assert sum(line.startswith(f"| {label} |") for line in out.splitlines()) == 2, label
+    ratios = out[out.index("Ratios of this run"):]
+    for what in (f"{dcn.stem} vs {dense.stem}, end to end", "the network alone",
+                 "(res3-res5, dense) vs",
+                 "default path vs rewritten path", "bit-exact path vs default path"):
+        assert what in ratios, what
+    deviation = [line for line in out.splitlines()
+                 if line.startswith(f"| {dcn.stem} |") and "| yes |" in line]
+    assert len(deviation) == 1  # same detections on the bit-exact path
+
+
+def test_benchmark_inference_thread_clock_needs_one_thread():
+    tool = load_tool("benchmark_inference")
+    with pytest.raises(ValueError, match="--threads 1"):
+        tool.main(["--configs", str(QUICK), "--threads", "2", "--clock", "thread",
+                   "--device", "cpu"])
 
 
 def test_benchmark_mapper_prints_the_overhead(capsys):
@@ -63,3 +101,7 @@ def test_predictor_memory_benchmark_runs_a_row(capsys):
     row = capsys.readouterr().out.splitlines()[-1]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "300x300" and cells[3] == "256x256", row  # shrunk to the bound
+def test_deform_conv_benchmark_checks_and_prints(capsys):
+    load_tool("benchmark_deform_conv").main(["--repeats", "1", "--skip-training"])
+    out = capsys.readouterr().out
+    assert out.count("| res") == 4 and "| 35 |" in out and "torchvision / ATen" in out

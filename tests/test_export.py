@@ -16,7 +16,6 @@ eager.
   model in training mode, an ONNX opset without DeformConv.
 """
 import contextlib
-import functools
 import io
 import warnings
 from pathlib import Path
@@ -24,13 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from torch import nn
 
 import mayolact  # noqa: F401  (registers everything)
-from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.export.exporter import (
     ONNX_OPSET,
     ExportedYOLACTPredictor,
@@ -42,9 +39,16 @@ from mayolact.export.exporter import (
     sample_inputs,
     summarize_comparisons,
 )
-from mayolact.modeling.backbone.carafe import CARAFEUpsample
 
-from common import QUICK, get_config, load_tool, tiny_config
+from common import (
+    QUICK,
+    get_config,
+    load_tool,
+    onnxruntime_runs_deformconv,
+    save_checkpoint,
+    tiny_config,
+    trained_like_predictor,
+)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -70,25 +74,6 @@ def assert_reproduces(expected, actual, where):
     assert diff["mask_off_contour_pixels"] == 0, (where, diff)
     assert diff["mask_max_pixels"] <= max(expected.image_size), (where, diff)
     return diff
-
-
-@functools.lru_cache(maxsize=None)
-def onnxruntime_runs_deformconv():
-    """Whether this onnxruntime implements ONNX DeformConv (opset 19) on the CPU (1.32 does)."""
-    from onnx import TensorProto, helper
-
-    names = ["X", "W", "offset"]
-    node = helper.make_node("DeformConv", names, ["Y"], kernel_shape=[1, 1])
-    graph = helper.make_graph(
-        [node], "deformconv",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
-    try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own NOT_IMPLEMENTED / INVALID_GRAPH errors
-        return False
-    return True
 
 
 def skip_onnx_without_deformconv(config):
@@ -193,6 +178,53 @@ def test_deform_conv2d_exports_to_deformconv(stride, padding, dilation, use_mask
     np.testing.assert_allclose(out, module(*args).numpy(), rtol=1e-4, atol=1e-4)
 
 
+class _DeformModule(nn.Module):
+    """maYOLACT's DCN layer (``kernel``), or the ATen kernel's standard-op form (``gather``)."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
+
+        self.kernel = kernel
+        self.conv = ModulatedDeformConv2d(8, 6, 3, stride=2, padding=1, deformable_groups=2,
+                                          kernel="aten" if kernel == "gather" else kernel)
+
+    def forward(self, x, offset, mask):
+        if self.kernel != "gather":
+            return self.conv(x, offset, mask)
+        from mayolact.modeling.backbone.deform_conv import modulated_deform_conv2d
+
+        return modulated_deform_conv2d(x, offset, mask, self.conv.weight, None, 2, 1, 1,
+                                       sampler="gather")
+
+
+@pytest.mark.parametrize("kernel", ["auto", "aten", "torchvision", "gather"])
+def test_deformable_conv_exports(kernel):
+    """Whatever DCN_KERNEL runs in eager, the ONNX graph holds DeformConv (onnxruntime runs it
+    faster than the standard-op form); the standard-op form (sampler "gather") exports too."""
+    import onnx
+
+    if kernel != "gather":
+        skip_onnx_without_deformconv(CONFIGS["mayolact"])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 11, 9, generator=g)
+    offset = 2.5 * torch.randn(1, 2 * 2 * 9, 6, 5, generator=g)
+    mask = torch.rand(1, 2 * 9, 6, 5, generator=g)
+    module = _DeformModule(kernel).eval()
+    f = io.BytesIO()
+    with onnx_symbolics(ONNX_OPSET), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x, offset, mask), f, dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["x", "offset", "mask"])
+    ops = {n.op_type for n in onnx.load_from_string(f.getvalue()).graph.node}
+    assert ("DeformConv" in ops) == (kernel != "gather"), ops
+    session = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"x": x.numpy(), "offset": offset.numpy(), "mask": mask.numpy()})
+    with torch.no_grad():
+        expected = module(x, offset, mask).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_postprocess_takes_the_traced_output_size():
     """The export feeds the output size as 0-dim tensors; the result equals the int path's."""
     from detectron2.structures import Boxes, Instances
@@ -251,32 +283,6 @@ def test_compare_instances_matches_near_ties_and_locates_mask_differences():
 
 
 # ---------------------------------------------------------------------- models on images
-def trained_like_predictor(cfg, image):
-    """An eager predictor on a seeded random model scaled to behave like a trained one.
-
-    DCN offsets (zero-initialised) get about a pixel and the CARAFE encoder non-uniform kernels;
-    the classifier and the box regressor are rescaled on ``image`` (BGR) so that the class logits
-    have a standard deviation of 2 (scores spread, rarely saturated: random weights give logits
-    in the hundreds, scores of 0 or 1, and ties) and the box deltas one of 0.5 (random: ~100).
-    """
-    torch.manual_seed(0)
-    predictor = YOLACTPredictor(cfg)
-    model = predictor.model
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if name.endswith("conv2_offset"):
-                nn.init.normal_(m.weight, std=0.05)
-            if isinstance(m, CARAFEUpsample):
-                nn.init.normal_(m.content_encoder.weight, std=0.05)
-        x = predictor.preprocess(image)
-        features = model.backbone(model.preprocess_image([x]).tensor)
-        logits, deltas, _ = model.head([features[f] for f in model.head_in_features])
-        for conv, outputs, std in ((model.head.cls_score, logits, 2.0),
-                                   (model.head.bbox_pred, deltas, 0.5)):
-            conv.weight.mul_(std / torch.cat([o.flatten() for o in outputs]).std())
-    return predictor
-
-
 @pytest.fixture(scope="module")
 def coco_images(coco_mini):
     return [str(coco_mini / "val2017" / f) for f in IMAGES]
@@ -288,7 +294,7 @@ def exported(request, coco_images, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"export_{request.param}")
     cfg = get_config(str(CONFIGS[request.param]), OPTS)
     eager = trained_like_predictor(cfg, read_image(coco_images[0], format="BGR"))
-    DetectionCheckpointer(eager.model, save_dir=str(folder)).save("weights")
+    save_checkpoint(eager, folder / "weights.pth")
     opts = OPTS + ["MODEL.WEIGHTS", str(folder / "weights.pth")]
     runs_onnx = request.param != "mayolact" or onnxruntime_runs_deformconv()
     printed = io.StringIO()
@@ -332,12 +338,19 @@ def test_benchmark_times_exported_models(exported, capsys):
     config = CONFIGS["yolact"]
     code = load_tool("benchmark_inference").main([
         "--configs", str(config), "--images", "1", "--warmup", "0", "--no-flops",
-        "--exported", paths["onnx"], "--exported", paths["torchscript"], *OPTS])
+        "--exported", paths["onnx"], "--exported", paths["torchscript"], "--profile-exported",
+        *OPTS])
     assert code == 0
     table = capsys.readouterr().out
     for path in paths.values():
         row = next(line for line in table.splitlines() if line.startswith(f"| {path} |"))
         assert float(row.split("|")[2]) > 0  # ms / image
+    # --profile-exported: the ONNX model's time by part of the graph (onnxruntime's profiler).
+    parts = [line for line in table.splitlines() if line.startswith(f"| {paths['onnx']} |")][1]
+    cells = parts.strip("|").split("|")[1:]
+    assert len(cells) == 7 and float(cells[-1]) > 0
+    dcn = float(cells[0].split()[0])
+    assert (dcn > 0) == (exported_config == CONFIGS["mayolact"])  # DeformConv nodes
 
 
 def test_demo_draws_with_an_exported_model(exported, coco_images, tmp_path):

@@ -1,4 +1,5 @@
-"""Inference rewrites (folded batch norm, channels-last) and the batched predictor."""
+"""Inference rewrites (folded batch norm, channels-last), the default wherever the model only
+infers, and the batched predictor."""
 import copy
 
 import numpy as np
@@ -9,8 +10,8 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import nn
 
 from mayolact.engine.predictor import YOLACTPredictor
-from mayolact.export.optimize import fold_batch_norms, optimize_for_inference
 from mayolact.modeling.backbone.resnet import ModulatedDeformConv2d
+from mayolact.modeling.optimize import fold_batch_norms, optimize_for_inference
 
 from common import build_tiny_model, tiny_config
 
@@ -124,7 +125,6 @@ def test_predictor_is_a_default_predictor():
     pred = YOLACTPredictor(cfg)
     assert isinstance(pred, DefaultPredictor) and not pred.model.training
     assert pred.metadata.name == "mayolact_shapes_val"
-    assert any(isinstance(m, nn.BatchNorm2d) for m in pred.model.modules())  # not optimised
     with pytest.raises(ValueError, match="empty list"):
         pred([])
     with pytest.raises(ValueError, match=r"image 0 of the batch has shape \(10, 10\)"):
@@ -132,3 +132,46 @@ def test_predictor_is_a_default_predictor():
     cfg.INPUT.FORMAT = "YUV"
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
         YOLACTPredictor(cfg)
+
+
+def _is_rewritten(model):
+    return (not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+            and model.backbone.bottom_up.stem.conv1.weight.is_contiguous(
+                memory_format=torch.channels_last))
+
+
+def test_rewrites_are_the_default_and_one_switch_away():
+    """The predictor rewrites by default; TEST.YOLACT.OPTIMIZE False is the bit-exact path, whose
+    model is the one Trainer.build_model gives (the same detections up to float rounding)."""
+    cfg = tiny_config("mayolact", size=96, num_classes=3)
+    assert cfg.TEST.YOLACT.OPTIMIZE
+    torch.manual_seed(0)
+    fast = YOLACTPredictor(cfg)
+    cfg.TEST.YOLACT.OPTIMIZE = False
+    torch.manual_seed(0)
+    exact = YOLACTPredictor(cfg)
+    assert _is_rewritten(fast.model) and not _is_rewritten(exact.model)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in exact.model.modules())
+    image = _images()[0]
+    _instances_close(fast(image)["instances"], exact(image)["instances"], max_mask_pixels=20)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_eval_only_evaluates_the_rewritten_model(monkeypatch, tmp_path, optimize):
+    """tools/train_net.py --eval-only: the loaded model is rewritten before Trainer.test, unless
+    TEST.YOLACT.OPTIMIZE False."""
+    from mayolact.engine import Trainer
+
+    from common import QUICK, load_tool
+
+    tested = []
+    monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, cfg, model: tested.append(model)
+                                                     or {}))
+    tool = load_tool("train_net")
+    args = tool.training_argument_parser().parse_args([
+        "--config-file", str(QUICK / "mayolact_R_50_FPN_quick.yaml"), "--eval-only",
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path),
+        "DATASETS.TEST", "('mayolact_shapes_val',)", "MODEL.YOLACT.NUM_CLASSES", "8",
+        "TEST.YOLACT.OPTIMIZE", str(optimize)])
+    tool.main(tool.finish_training_args(args))
+    assert len(tested) == 1 and _is_rewritten(tested[0]) == optimize

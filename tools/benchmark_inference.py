@@ -3,23 +3,31 @@
 
 For each config: randomly initialised weights (unless ``MODEL.WEIGHTS`` is given among the
 overrides), a few warm-up batches, then the time per image over real images (``coco_mini_val`` when
-present, else the shapes set) through :class:`mayolact.engine.predictor.YOLACTPredictor`, from the
-uint8 BGR image to the final ``Instances`` with full-resolution masks. ``--batch N`` runs N images
-per forward pass. On CUDA the timers synchronise the device.
+present, else the shapes set) through :class:`mayolact.engine.predictor.YOLACTPredictor` (its
+default path: the inference rewrites and, on the CPU, the vectorised DCN kernel), from the uint8
+BGR image to the final ``Instances`` with full-resolution masks. ``--batch N`` runs N images per
+forward pass. All models (configs, ``--compare-paths`` variants, ``--exported`` files) run in ONE
+interleaved loop, image by image, so that their ratios hold on a busy machine. On CUDA the timers
+synchronise the device.
 
 Reported per config: anchors, parameters, fvcore's FLOPs of one image (one multiply-add is one flop;
-torchvision's deformable convs counted as convs), end-to-end time and fps against the first row, the
-achieved GFLOP/s against the peak that the tool measures first on the same device and threads
-(a large matmul and a 3x3 convolution), and the time of each stage, measured by the model's own
-stage hooks (:mod:`mayolact.utils.profiling`): pre-process, backbone + FPN, head + protonet, top-k +
-decode, NMS, masks. ``TEST.YOLACT.OPTIMIZE True`` times the folded-batch-norm, channels-last model.
+deformable convs counted as convs), end-to-end time and fps against the first row, the achieved
+GFLOP/s against the peak that the tool measures first on the same device and threads (a large
+matmul and a 3x3 convolution), the time of each stage, measured by the model's own stage hooks
+(:mod:`mayolact.utils.profiling`): pre-process, backbone + FPN, head + protonet, top-k + decode,
+NMS, masks; the arithmetic rate of each ResNet stage (dense and deformable); and the ratios the
+Table 4 claims rest on. ``--compare-paths`` adds the first config's explicitly rewritten path and
+the bit-exact path (``TEST.YOLACT.OPTIMIZE False MODEL.YOLACT.DCN_KERNEL torchvision``) of the
+first and the last config; ``--deviation N`` compares each config's detections with its
+bit-exact path.
 
 Example::
 
-    python tools/benchmark_inference.py --images 20 --device cpu
-    python tools/benchmark_inference.py --images 20 TEST.YOLACT.OPTIMIZE True
+    python tools/benchmark_inference.py --images 20 --device cpu --compare-paths --deviation 4
     python tools/benchmark_inference.py --batch 4 \
         --configs configs/COCO-InstanceSegmentation/mayolact_R_50_FPN_550.yaml
+    python tools/benchmark_inference.py --configs <cfg> --exported model.onnx \
+        --exported model_int8.onnx MODEL.WEIGHTS model_final.pth
 """
 import argparse
 import sys
@@ -45,6 +53,19 @@ def get_parser():
     p.add_argument("--exported", action="append", default=[], metavar="MODEL",
                    help="also time an exported model (.onnx, .ts of tools/export_model.py); "
                         "repeatable")
+    p.add_argument("--profile-exported", action="store_true",
+                   help="also split each exported ONNX model's time by part of the graph (DCN, "
+                        "CARAFE, backbone, head, mask resize, post-processing; onnxruntime's "
+                        "profiler)")
+    p.add_argument("--compare-paths", action="store_true",
+                   help="also time the first config's rewritten path and the bit-exact path of "
+                        "the first and the last config")
+    p.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                   help="wall: wall-clock time (default); thread: CPU time of the one thread that "
+                        "runs the models (with --threads 1; a shared machine inflates it less)")
+    p.add_argument("--deviation", type=int, default=0, metavar="N",
+                   help="compare each config's outputs with its bit-exact path on the first N "
+                        "images")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every config")
     return p
 

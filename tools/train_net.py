@@ -103,6 +103,7 @@ def main(args):
     from mayolact.config import load_config
     from mayolact.engine import Trainer
     from mayolact.engine.run_lock import RunLock
+    from mayolact.modeling.optimize import optimize_if_configured
 
     if args.eval_only:
         cfg = setup(args)
@@ -111,6 +112,7 @@ def main(args):
         YOLACTCheckpointer.from_config(
             cfg, model, save_dir=cfg.OUTPUT_DIR, inference=True
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        optimize_if_configured(cfg, model)  # only inference from here: the rewrites, by default
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

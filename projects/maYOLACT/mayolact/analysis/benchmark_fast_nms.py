@@ -8,15 +8,15 @@ detections; times are the median of ``repeats`` calls in CPU seconds of the call
 (robust to other processes on the machine).
 """
 import statistics
-import time
-from typing import Callable, Tuple
+from typing import Tuple
 
 import torch
 
 from mayolact.modeling.postprocessing import fast_nms
 from mayolact.structures.box_ops import batched_box_iou
+from mayolact.utils.profiling import cpu_time
 
-__all__ = ["coco_like_candidates", "cpu_time", "fast_nms_dense", "run_benchmark"]
+__all__ = ["coco_like_candidates", "fast_nms_dense", "run_benchmark"]
 
 
 def fast_nms_dense(boxes, scores, coeffs, iou_thr, score_thr, top_k, max_num):
@@ -64,18 +64,6 @@ def coco_like_candidates(seed: int, background: float = 6.5, n: int = 1000,
     logits[rows, (labels[obj] + 1) % num_classes] += 2 * torch.rand(n, generator=gen)  # confusion
     scores = logits.softmax(dim=1)[:, :num_classes]
     return boxes, scores, torch.randn(n, 32, generator=gen)
-
-
-def cpu_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median CPU seconds of the calling thread over ``repeats`` calls of ``fn``, after one
-    warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
 
 
 def run_benchmark(sets: int, repeats: int, background: float) -> int:

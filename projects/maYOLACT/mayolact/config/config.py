@@ -93,6 +93,8 @@ def add_mayolact_config(cfg):
     y.DEFORM_INTERVAL = 1  # in DCN stages, every n-th block is deformable (YOLACT++ R-101: 3)
     y.RESNET_WIDTH_SCALE = 1.0  # multiplies every ResNet width (stem, bottleneck, output): CPU
                                 # demos
+    y.DCN_KERNEL = "auto"  # DCNv2 kernel: "auto" (torchvision's on CUDA, the vectorised "aten" one
+                           # elsewhere), "aten", or "torchvision" (the bit-exact reference)
 
     # Loading MODEL.WEIGHTS.
     y.WEIGHTS_SKIP_CLASS_LAYERS = False  # fine-tuning: class layers may be absent/other-sized in
@@ -151,8 +153,8 @@ def add_mayolact_config(cfg):
     t.LRP_TAU = 0.5  # IoU threshold of LRP's true positives
     t.MOB_RANGES = ()  # edges of GT mask-over-box ranges for AP per range, e.g. (0, 0.4, 0.6, 0.8,
                        # 1); () off
-    t.OPTIMIZE = False  # YOLACTPredictor: fold batch norms, channels-last (outputs move by float
-                        # rounding)
+    t.OPTIMIZE = True  # where the model only infers: fold batch norms, channels-last (outputs move
+                       # by float rounding); False: the bit-exact path
     t.MAX_IMAGE_PIXELS = 2048 * 2048  # YOLACTPredictor: larger images are shrunk to this many
                                       # pixels first, bounding the full-size masks (0: off)
 

@@ -22,6 +22,7 @@ from mayolact.engine.checks import PreflightError, preflight
 from mayolact.engine.demo import Demo
 from mayolact.engine.run_lock import RunLock, RunLockError
 from mayolact.engine.trainer import Trainer
+from mayolact.modeling.optimize import optimize_if_configured
 from mayolact.utils.events import finite_or_none
 from mayolact.utils.file_io import write_json_atomic
 from mayolact.utils.logger import default_setup
@@ -90,6 +91,7 @@ def run_demo_job(args: argparse.Namespace) -> int:
         model = trainer.model
     train_time = time.perf_counter() - start
 
+    optimize_if_configured(cfg, model)  # only inference from here: the rewrites, by default
     results = Trainer.test(cfg, model)
     eval_time = time.perf_counter() - start - train_time
 

@@ -14,6 +14,7 @@ from mayolact.checkpoint.checkpointer import YOLACTCheckpointer
 from mayolact.data.augmentation import build_yolact_test_augmentation
 from mayolact.data.datasets import dataset_metadata
 from mayolact.engine.image_input import DEFAULT_MAX_IMAGE_PIXELS, check_image, fit_image
+from mayolact.modeling.optimize import optimize_if_configured
 from mayolact.utils.profiling import stage
 
 __all__ = ["YOLACTPredictor"]
@@ -35,8 +36,9 @@ class YOLACTPredictor(DefaultPredictor):
     * weights load through :class:`mayolact.checkpoint.checkpointer.YOLACTCheckpointer` (foreign
       formats too; no code runs from the file; a file that leaves the heads untrained, such as
       ImageNet backbone weights, is refused);
-    * ``TEST.YOLACT.OPTIMIZE`` applies :func:`mayolact.export.optimize.optimize_for_inference`
-      (folded batch norms, channels-last); inference runs under ``torch.inference_mode``.
+    * the inference rewrites of :func:`mayolact.modeling.optimize.optimize_for_inference` (folded
+      batch norms, channels-last) are applied unless ``TEST.YOLACT.OPTIMIZE`` is False (the
+      bit-exact path); inference runs under ``torch.inference_mode``.
 
     Example::
 
@@ -67,11 +69,7 @@ class YOLACTPredictor(DefaultPredictor):
         else:
             logger.warning("MODEL.WEIGHTS is empty: the predictor's model keeps its random "
                            "initialisation")
-        if self.cfg.TEST.YOLACT.OPTIMIZE:
-            # Imported here: mayolact.export builds on this module (ExportedYOLACTPredictor).
-            from mayolact.export.optimize import optimize_for_inference
-
-            optimize_for_inference(self.model)
+        optimize_if_configured(self.cfg, self.model)
         self.aug = T.AugmentationList(build_yolact_test_augmentation(self.cfg))
         names = self.cfg.DATASETS.TEST
         if names:

@@ -1,6 +1,8 @@
-"""Deployment: TorchScript / ONNX export of the whole model and the inference rewrites."""
+"""Deployment: TorchScript / ONNX export of the whole model, int8 quantization, and the inference
+rewrites (in :mod:`mayolact.modeling.optimize`: the predictor applies them by default)."""
+from mayolact.modeling.optimize import fold_batch_norms, optimize_for_inference
+
 from .exporter import EXPORT_FORMATS, ExportedYOLACTPredictor, export_model, load_exported
-from .optimize import fold_batch_norms, optimize_for_inference
 
 __all__ = [
     "EXPORT_FORMATS",

@@ -520,9 +520,25 @@ class ExportedYOLACTPredictor(YOLACTPredictor):
         """
         if isinstance(original_image, (list, tuple)):
             return [self(image) for image in original_image]
-        x = self.preprocess(original_image)
-        flat = sample_inputs(x["image"], x["height"], x["width"])[0]
-        outputs = self.model(*[flat[name] for name in INPUT_NAMES])
-        fields = dict(zip(OUTPUT_NAMES, outputs))
-        fields["pred_boxes"] = Boxes(fields["pred_boxes"])
-        return {"instances": Instances((x["height"], x["width"]), **fields)}
+        return self.run_inputs([self.preprocess(original_image)])[0]
+
+    @torch.no_grad()
+    def run_inputs(self, inputs: List[Dict]) -> List[Dict]:
+        """The exported graph behind the eager model's interface: what the test loader gives.
+
+        Args:
+            inputs (list[dict]): "image" uint8 (3, S, S) in ``INPUT.FORMAT`` (S the export's input
+                size), "height", "width" the output size: the test loader's dicts, or
+                :meth:`preprocess`'s.
+
+        Returns:
+            list[dict]: ``{"instances": Instances}`` at each (height, width), one graph run each.
+        """
+        outputs = []
+        for x in inputs:
+            height, width = int(x["height"]), int(x["width"])
+            flat = sample_inputs(x["image"], height, width)[0]
+            fields = dict(zip(OUTPUT_NAMES, self.model(*[flat[name] for name in INPUT_NAMES])))
+            fields["pred_boxes"] = Boxes(fields["pred_boxes"])
+            outputs.append({"instances": Instances((height, width), **fields)})
+        return outputs

@@ -12,8 +12,9 @@
   limit that a stage or a model reaches.
 """
 import contextlib
+import statistics
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "STAGES",
+    "cpu_time",
     "StageTimer",
     "stage",
     "count_flops",
@@ -39,6 +41,18 @@ STAGES = (
 """Stage names, in the order inference runs them."""
 
 
+def cpu_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median CPU seconds of the calling thread over ``repeats`` calls of ``fn``, after one
+    warm-up call: the micro-benchmarks' clock, robust to other processes on the machine."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        fn()
+        times.append(time.thread_time() - start)
+    return statistics.median(times)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -55,12 +69,16 @@ class StageTimer:
         timer.seconds  # {"pre-process": ..., "backbone + FPN": ..., ...}
     """
 
-    def __init__(self, device: Optional[torch.device] = None):
+    def __init__(self, device: Optional[torch.device] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         """
         Args:
             device: the model's device; on CUDA each stage is bracketed by a synchronisation.
+            clock: seconds from a fixed origin: wall clock by default, ``time.thread_time`` for
+                the CPU time of a single-threaded run on a machine that others share.
         """
         self.device = torch.device(device if device is not None else "cpu")
+        self.clock = clock
         self.seconds: Dict[str, float] = {}
 
     def reset(self) -> None:
@@ -71,12 +89,12 @@ class StageTimer:
     def __call__(self, name: str):
         """A context that adds its duration to ``seconds[name]``."""
         _synchronize(self.device)
-        start = time.perf_counter()
+        start = self.clock()
         try:
             yield
         finally:
             _synchronize(self.device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + self.clock() - start
 
 
 def stage(timer: Optional[StageTimer], name: str):
@@ -100,17 +118,20 @@ def deform_conv2d_flop_jit(inputs: List, outputs: List) -> int:
     return int(out[0] * out[1] * out[2] * out[3] * weight[1] * weight[2] * weight[3])
 
 
-def count_flops(model: nn.Module, inputs: List[Dict]) -> Dict[str, float]:
+def count_flops(model: nn.Module, inputs: List[Dict],
+                extra_modules: Sequence[str] = ()) -> Dict[str, float]:
     """Multiply-adds of one inference, in total and per top-level submodule.
 
     Args:
         model: an eval-mode Detectron2 model.
         inputs: one model input list (as the model's ``forward`` takes it).
+        extra_modules: further submodules to report, by name (e.g.
+            "backbone.bottom_up.res3"); a name the model lacks counts 0.
 
     Returns:
         dict: "" -> the whole forward (post-processing included), and each direct child's name
-        (e.g. "backbone", "head", "protonet") -> its share. fvcore convention: one multiply-add
-        is one flop.
+        (e.g. "backbone", "head", "protonet") and each of ``extra_modules`` -> its share. fvcore
+        convention: one multiply-add is one flop.
     """
     from detectron2.utils.analysis import FlopCountAnalysis  # fvcore: only when counting
 
@@ -121,13 +142,14 @@ def count_flops(model: nn.Module, inputs: List[Dict]) -> Dict[str, float]:
         by_module = analysis.by_module()
     # The analysis traces the model inside a TracingAdapter, which holds it as "model".
     out = {"": float(analysis.total())}
-    for name, _ in model.named_children():
+    for name in [n for n, _ in model.named_children()] + list(extra_modules):
         out[name] = float(by_module.get(f"model.{name}", 0))
     return out
 
 
 def measure_peak_flops(
-    device: Optional[torch.device] = None, seconds: float = 1.0
+    device: Optional[torch.device] = None, seconds: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Dict[str, float]:
     """The device's measured arithmetic rate on dense float32 kernels (multiply-adds per second).
 
@@ -138,7 +160,8 @@ def measure_peak_flops(
 
     Args:
         device: where to measure (default CPU). Uses the current torch thread count.
-        seconds: time budget per micro-benchmark.
+        seconds: time budget per micro-benchmark (wall clock).
+        clock: what times each repetition (:class:`StageTimer`'s ``clock``).
 
     Returns:
         dict: "matmul", "conv3x3" -> multiply-adds per second, and "peak" the larger.
@@ -163,12 +186,11 @@ def measure_peak_flops(
             best = float("inf")
             deadline = time.perf_counter() + seconds
             while True:
-                start = time.perf_counter()
+                start = clock()
                 fn()
                 _synchronize(device)
-                end = time.perf_counter()
-                best = min(best, end - start)
-                if end >= deadline:
+                best = min(best, clock() - start)
+                if time.perf_counter() >= deadline:
                     break
             rates[name] = macs / best
     rates["peak"] = max(rates.values())

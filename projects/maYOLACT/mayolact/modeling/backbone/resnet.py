@@ -1,11 +1,12 @@
-"""ResNet for maYOLACT: Detectron2's ResNet with a DCNv2 bottleneck on ``torchvision.ops``.
+"""ResNet for maYOLACT: Detectron2's ResNet with a DCNv2 bottleneck that runs on any device.
 
 The detectron2 installed here has no compiled ops, so its ``ModulatedDeformConv`` cannot run. This
 module builds the same network (docs/official_implementation.md §3, "Backbone") from
 Detectron2's ``ResNet``, ``BasicStem``,
 ``BottleneckBlock`` and ``BasicBlock``, and swaps the 3x3 conv of deformable blocks for
 :class:`ModulatedDeformConv2d`, a modulated deformable convolution (DCNv2) on
-``torchvision.ops.deform_conv2d`` that runs on CPU and GPU.
+``torchvision.ops.deform_conv2d`` (CUDA) or on :mod:`mayolact.modeling.backbone.deform_conv`'s
+vectorised ATen kernel (CPU), ``MODEL.YOLACT.DCN_KERNEL``.
 
 Parameter names follow Detectron2's ``DeformBottleneckBlock`` (``conv2`` with ``conv2.weight`` and
 ``conv2.norm``, the offset/mask conv as ``conv2_offset``), so converted torchvision ImageNet weights
@@ -22,6 +23,8 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, Bottlenec
 from fvcore.nn import weight_init
 from torch import nn
 from torchvision.ops import deform_conv2d
+
+from .deform_conv import modulated_deform_conv2d, resolve_dcn_kernel
 
 __all__ = [
     "ModulatedDeformConv2d",
@@ -41,10 +44,16 @@ _BLOCKS_PER_STAGE = {
 
 
 class ModulatedDeformConv2d(nn.Module):
-    """Modulated deformable convolution (DCNv2) on ``torchvision.ops.deform_conv2d``, plus a norm.
+    """Modulated deformable convolution (DCNv2), plus a norm.
 
     The offsets and modulation masks are inputs (predicted by the caller's offset conv). Like
     Detectron2's ``Conv2d`` it applies ``norm`` after the convolution when given.
+
+    Kernel (``kernel``, from ``MODEL.YOLACT.DCN_KERNEL``): ``torchvision.ops.deform_conv2d`` or
+    :func:`mayolact.modeling.backbone.deform_conv.modulated_deform_conv2d`, equal up to float
+    rounding; ``auto`` takes torchvision's on CUDA and the ATen one elsewhere. In an ONNX export
+    the convolution is torchvision's op, exported as ONNX ``DeformConv``
+    (:mod:`mayolact.export.exporter`).
 
     Precision: float32 and float64 run as they are. Under autocast, or for a reduced-precision input
     on a non-CUDA device (torchvision has no such CPU kernel), the convolution runs in float32 with
@@ -64,6 +73,7 @@ class ModulatedDeformConv2d(nn.Module):
         deformable_groups: int = 1,
         bias: bool = False,
         norm: nn.Module = None,
+        kernel: str = "auto",
     ):
         """
         Args:
@@ -75,8 +85,10 @@ class ModulatedDeformConv2d(nn.Module):
             deformable_groups (int): offset groups (each has its own offsets and masks).
             bias (bool): learn an additive bias.
             norm (nn.Module or None): normalisation applied to the output.
+            kernel (str): "auto", "aten" or "torchvision" (``MODEL.YOLACT.DCN_KERNEL``).
         """
         super().__init__()
+        resolve_dcn_kernel(kernel, "cpu")  # checks the name
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"ModulatedDeformConv2d: channels ({in_channels} -> {out_channels}) must be "
@@ -100,6 +112,7 @@ class ModulatedDeformConv2d(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.norm = norm
+        self.kernel = kernel
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -130,8 +143,12 @@ class ModulatedDeformConv2d(nn.Module):
         autocast_on = torch.is_autocast_enabled(device_type) if device_type != "meta" else False
         if autocast_on or (device_type != "cuda" and dtype not in (torch.float32, torch.float64)):
             dtype = torch.float32
+        kernel = resolve_dcn_kernel(self.kernel, device_type)
+        if torch.onnx.is_in_onnx_export():
+            kernel = "torchvision"  # exported as ONNX DeformConv (mayolact.export.exporter)
+        conv = deform_conv2d if kernel == "torchvision" else _aten_deform_conv2d
         with torch.autocast(device_type=device_type, enabled=False):
-            out = deform_conv2d(
+            out = conv(
                 x.to(dtype),
                 offset.to(dtype),
                 self.weight.to(dtype),
@@ -151,8 +168,14 @@ class ModulatedDeformConv2d(nn.Module):
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}, groups={self.groups}, "
-            f"deformable_groups={self.deformable_groups}, bias={self.bias is not None}"
+            f"deformable_groups={self.deformable_groups}, bias={self.bias is not None}, "
+            f"kernel={self.kernel}"
         )
+
+
+def _aten_deform_conv2d(x, offset, weight, bias, *, stride, padding, dilation, mask):
+    """:func:`modulated_deform_conv2d` with ``torchvision.ops.deform_conv2d``'s signature."""
+    return modulated_deform_conv2d(x, offset, mask, weight, bias, stride, padding, dilation)
 
 
 class ModulatedDeformBottleneck(BottleneckBlock):
@@ -181,6 +204,7 @@ class ModulatedDeformBottleneck(BottleneckBlock):
         stride_in_1x1: bool = False,
         dilation: int = 1,
         deform_num_groups: int = 1,
+        deform_kernel: str = "auto",
     ):
         """
         Args:
@@ -188,6 +212,7 @@ class ModulatedDeformBottleneck(BottleneckBlock):
                 stride_in_1x1, dilation: as Detectron2's ``BottleneckBlock``.
             deform_num_groups (int): offset groups of the deformable 3x3 conv; divides
                 ``bottleneck_channels``.
+            deform_kernel (str): the DCN kernel (:class:`ModulatedDeformConv2d`'s ``kernel``).
         """
         super().__init__(
             in_channels,
@@ -224,6 +249,7 @@ class ModulatedDeformBottleneck(BottleneckBlock):
             deformable_groups=deform_num_groups,
             bias=False,
             norm=get_norm(norm, bottleneck_channels),
+            kernel=deform_kernel,
         )
         weight_init.c2_msra_fill(self.conv2)
         nn.init.zeros_(self.conv2_offset.weight)
@@ -246,10 +272,11 @@ class ModulatedDeformBottleneck(BottleneckBlock):
         return F.relu_(out + shortcut)
 
 
-def _make_bottleneck(*, deform: bool, deform_num_groups: int, **kwargs):
+def _make_bottleneck(*, deform: bool, deform_num_groups: int, deform_kernel: str, **kwargs):
     """Block factory for ``ResNet.make_stage``: a deformable or a plain bottleneck."""
     if deform:
-        return ModulatedDeformBottleneck(deform_num_groups=deform_num_groups, **kwargs)
+        return ModulatedDeformBottleneck(deform_num_groups=deform_num_groups,
+                                         deform_kernel=deform_kernel, **kwargs)
     return BottleneckBlock(**kwargs)
 
 
@@ -266,7 +293,7 @@ def build_mayolact_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
     DEFORM_ON_PER_STAGE, DEFORM_MODULATED, DEFORM_NUM_GROUPS, STEM_OUT_CHANNELS,
     RES2_OUT_CHANNELS, WIDTH_PER_GROUP, NUM_GROUPS}``, ``MODEL.BACKBONE.FREEZE_AT`` (Detectron2's
     meaning: 0 freezes nothing, 1 the stem, k the stem and res2..res{k}) and
-    ``MODEL.YOLACT.{DEFORM_INTERVAL, RESNET_WIDTH_SCALE}``.
+    ``MODEL.YOLACT.{DEFORM_INTERVAL, RESNET_WIDTH_SCALE, DCN_KERNEL}``.
 
     In a stage with ``DEFORM_ON_PER_STAGE`` set, block ``i`` (0-based within the stage) is
     deformable when ``i % DEFORM_INTERVAL == 0``: interval 1 makes every block deformable,
@@ -315,6 +342,7 @@ def build_mayolact_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
     deform_groups = r.DEFORM_NUM_GROUPS
     if deform_groups < 1:
         raise ValueError(f"MODEL.RESNETS.DEFORM_NUM_GROUPS must be >= 1, got {deform_groups}")
+    resolve_dcn_kernel(cfg.MODEL.YOLACT.DCN_KERNEL, "cpu")  # an unknown name fails here
     norm = r.NORM
 
     stem_channels = _scaled(r.STEM_OUT_CHANNELS, scale)
@@ -353,6 +381,7 @@ def build_mayolact_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
                 deform_per_block=[bool(deform_on[idx]) and i % interval == 0
                                   for i in range(num_blocks)],
                 deform_num_groups=deform_groups,
+                deform_kernel=cfg.MODEL.YOLACT.DCN_KERNEL,
             )
         stages.append(ResNet.make_stage(**kwargs))
         in_channels = out_channels

@@ -13,8 +13,12 @@ rounding (about 1e-6 relative on the network's outputs), not by the model's mean
 * **Channels-last.** Convolution weights in NHWC order make PyTorch's CPU convolutions (oneDNN)
   run NHWC end to end, without the reorders of its NCHW path; the model's ops accept either layout.
 
-:func:`optimize_for_inference` applies them to an eval-mode model; ``TEST.YOLACT.OPTIMIZE`` asks
-:class:`mayolact.engine.predictor.YOLACTPredictor` to do so.
+:func:`optimize_for_inference` applies them to an eval-mode model. They are the default wherever
+the model only infers (``TEST.YOLACT.OPTIMIZE``, True unless set): :class:`YOLACTPredictor
+<mayolact.engine.predictor.YOLACTPredictor>` (and so ``tools/demo.py``, the export and the inference
+benchmark), ``tools/train_net.py --eval-only`` and the demo job's evaluation
+(:func:`optimize_if_configured`). ``TEST.YOLACT.OPTIMIZE False`` (with ``MODEL.YOLACT.DCN_KERNEL
+torchvision``) is the bit-exact path.
 """
 import logging
 
@@ -22,7 +26,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 
-__all__ = ["fold_batch_norms", "optimize_for_inference"]
+__all__ = ["fold_batch_norms", "optimize_for_inference", "optimize_if_configured"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,3 +89,17 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True) -> nn.M
     logger.info("Inference rewrites: %d batch norms folded, channels-last: %s",
                 folded, channels_last)
     return model
+
+
+def optimize_if_configured(cfg, model: nn.Module) -> nn.Module:
+    """:func:`optimize_for_inference` when ``cfg.TEST.YOLACT.OPTIMIZE`` (the default) is set, for a
+    model that will only infer from now on; else ``model`` unchanged.
+
+    Args:
+        cfg (CfgNode): a config with ``add_mayolact_config`` applied.
+        model: the model (put in eval mode when rewritten).
+
+    Returns:
+        nn.Module: ``model``.
+    """
+    return optimize_for_inference(model) if cfg.TEST.YOLACT.OPTIMIZE else model
