@@ -101,6 +101,7 @@ cfg = tiny_config(size=64)
 cfg.DATASETS.TEST = ()
 cfg.MODEL.YOLACT.SCORE_THRESH_TEST = 0.0  # every candidate scores: the full 20 detections
 cfg.TEST.YOLACT.MAX_IMAGE_PIXELS = int(sys.argv[1])
+cfg.TEST.YOLACT.OPTIMIZE = False  # the unfolded model: the state dict below loads as it is
 predictor = YOLACTPredictor(cfg)
 predictor.model.load_state_dict(build_tiny_model(cfg).state_dict())
 image = np.random.default_rng(0).integers(0, 255, (10000, 10000, 3), dtype=np.uint8)
