@@ -8,7 +8,7 @@ setup(
     package_dir={"": "projects/maYOLACT"},
     packages=find_packages("projects/maYOLACT"),
     python_requires=">=3.9",
-    # detectron2 is not on PyPI: scripts/install.sh installs it (see README).
+    # detectron2 is not on PyPI: scripts/install.sh installs it (see docs/GETTING_STARTED.md).
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "opencv-python-headless"],
     extras_require={"fast-eval": ["faster-coco-eval"], "export": ["onnx", "onnxruntime"],
                     "test": ["pytest", "pytest-xdist"]},

@@ -4,7 +4,7 @@
 #   PYTHON=/path/to/python scripts/install.sh   # use that interpreter instead of .venv
 #
 # Steps: create .venv (unless PYTHON is given), install torch/torchvision, detectron2 (kept if one
-# is already importable; otherwise the pure-Python sal-detectron2 wheel, see README), the other
+# is already importable; otherwise the pure-Python sal-detectron2 wheel, see docs/GETTING_STARTED.md), the other
 # dependencies and the project itself in editable mode. Each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."

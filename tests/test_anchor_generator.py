@@ -1,4 +1,4 @@
-"""Anchor geometry: counts of docs/official_implementation.md §3 / §5.2 and first anchors by hand
+"""Anchor geometry: counts of docs/REFERENCE.md §3 / §5.2 and first anchors by hand
 (YOLACT, ATSS, maYOLACT)."""
 import math
 
@@ -11,7 +11,7 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_a
 from mayolact.config.config import add_mayolact_config
 from mayolact.modeling.anchor_generator import YOLACTAnchorGenerator
 
-# P3..P7 feature sizes of a square input (docs/official_implementation.md §3, "Backbone").
+# P3..P7 feature sizes of a square input (docs/REFERENCE.md §3, "Backbone").
 FEATURE_SIZES = {400: (50, 25, 13, 7, 4), 550: (69, 35, 18, 9, 5), 700: (88, 44, 22, 11, 6)}
 SHAPES = [ShapeSpec(channels=256, stride=s) for s in (8, 16, 32, 64, 128)]
 

@@ -1,5 +1,5 @@
 """Backbones: DCNv2 on torchvision, the ResNet builder, YOLACT's FPN and the CARAFE FPN, as
-docs/official_implementation.md §3 (backbone), §4.1 (FPN), §4.2 (CARAFE FPN), §11 (init)."""
+docs/REFERENCE.md §3 (backbone), §4.1 (FPN), §4.2 (CARAFE FPN), §11 (init)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""CARAFE (docs/official_implementation.md §4.3): the pure-PyTorch reassembly against a literal
+"""CARAFE (docs/REFERENCE.md §4.3): the pure-PyTorch reassembly against a literal
 loop of the CUDA kernel."""
 import math
 

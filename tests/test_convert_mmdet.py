@@ -217,7 +217,7 @@ def test_semantic_head_is_reported_when_the_config_has_none(caplog):
 
 
 def test_convert_tool_mmdet_subcommand(tmp_path):
-    """``tools/convert_weights.py mmdet SRC DST --config-file CFG``: the README's command writes a
+    """``tools/convert_weights.py mmdet SRC DST --config-file CFG``: the documented command writes a
     checkpoint of the config's model; a checkpoint of another model exits 2 with the reason."""
     tool = load_tool("convert_weights")
     src_sd = mayolact_checkpoint(seed=17)

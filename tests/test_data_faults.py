@@ -39,7 +39,7 @@ from common import PYTHON, QUICK_CONFIG, get_config, make_broken_coco, run_tool
 
 CROWD_IMAGE = "000000000540.jpg"
 #: A seed whose draw of CROWD_IMAGE (quick config) crops to a patch where only the crowd region's
-#: centre lies: every GT is dropped (the official crop allows it, docs/official_implementation.md
+#: centre lies: every GT is dropped (the official crop allows it, docs/REFERENCE.md
 #: §2.2); the mapper used to crash there with "cannot reshape array of size 0".
 CROWD_ONLY_SEED = 96
 

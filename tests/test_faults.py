@@ -1,4 +1,4 @@
-"""Injected faults: what survives what (README, "What survives what").
+"""Injected faults: what survives what (docs/RELIABILITY.md, "What survives what").
 
 * checkpoints: a kill during a save, a corrupt newest checkpoint, a rerun into a used folder;
 * signals: SIGTERM to a training process (a checkpoint at the current iteration, then a resume

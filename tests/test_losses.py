@@ -1,5 +1,5 @@
 """OHEM CE, box, mask and semantic losses against hand computations and oracles of
-docs/official_implementation.md §7 (losses)."""
+docs/REFERENCE.md §7 (losses)."""
 import math
 
 import pytest
@@ -119,7 +119,7 @@ def test_smooth_l1_box_loss_by_hand():
 
 
 def _official_mask_loss(protos, coeffs, gt_idx, masks, boxes, img_hw, weight):
-    """docs/official_implementation.md §7.3 (mask loss) as mmdet computes it: sigmoid, crop with
+    """docs/REFERENCE.md §7.3 (mask loss) as mmdet computes it: sigmoid, crop with
     relative GT boxes, clamp, BCE."""
     hp, wp = protos.shape[-2:]
     h, w = img_hw

@@ -1,5 +1,5 @@
 """maIoU (Alg. 1): the kernel against brute force, a pure-Python oracle and the worked example of
-docs/official_implementation.md §14."""
+docs/REFERENCE.md §14."""
 import numpy as np
 import pytest
 import torch
@@ -17,7 +17,7 @@ from mayolact.structures.maiou import (
 
 # ----------------------------------------------------------------------------- helpers
 def worked_example():
-    """docs/official_implementation.md §14: 20x20 image, mask rows 5-14 x cols 5-9 (50 px), GT box
+    """docs/REFERENCE.md §14: 20x20 image, mask rows 5-14 x cols 5-9 (50 px), GT box
     [5,5,15,15]."""
     masks = torch.zeros(1, 20, 20, dtype=torch.bool)
     masks[0, 5:15, 5:10] = True
@@ -56,7 +56,7 @@ def naive_maiou(gt, anchors, masks):
 
 
 def random_scene(gen, H=None, W=None, max_gt=5, max_anchors=40):
-    """GT boxes + masks + anchors with every edge case of docs/official_implementation.md §6.4."""
+    """GT boxes + masks + anchors with every edge case of docs/REFERENCE.md §6.4."""
     H = H or int(torch.randint(8, 41, (1,), generator=gen))
     W = W or int(torch.randint(8, 51, (1,), generator=gen))
     G = int(torch.randint(0, max_gt + 1, (1,), generator=gen))

@@ -23,7 +23,7 @@ from common import load_tool
 # ------------------------------------------------------------------ python references
 def py_quality(kind, g, a, mask=None):
     """IoU / GIoU / DIoU / maIoU of two (x1, y1, x2, y2) tuples, straight from
-    docs/official_implementation.md §6.3 (ATSS) / §6.4 (maIoU)."""
+    docs/REFERENCE.md §6.3 (ATSS) / §6.4 (maIoU)."""
     eps = 1e-6
     iw = max(0.0, min(g[2], a[2]) - max(g[0], a[0]))
     ih = max(0.0, min(g[3], a[3]) - max(g[1], a[1]))
@@ -54,7 +54,7 @@ def py_quality(kind, g, a, mask=None):
 
 
 def reference_atss(levels, gts, kind="iou", masks=None, topk=9, eps=0.01):
-    """Plain-loop ATSS (docs/official_implementation.md §6.3): (matches, labels) as Python lists."""
+    """Plain-loop ATSS (docs/REFERENCE.md §6.3): (matches, labels) as Python lists."""
     anchors = [a for lvl in levels for a in lvl]
     R, G = len(anchors), len(gts)
     matches, labels = [0] * R, [0] * R

@@ -1,8 +1,8 @@
-"""README "Your own dataset", end to end: a COCO-format json and an image folder, given by path,
-train, evaluate, draw (with class names) and plot without a line of Python.
+"""docs/GETTING_STARTED.md, "Your own data", end to end: a COCO-format json and an image folder,
+given by path, train, evaluate, draw (with class names) and plot without a line of Python.
 
 The test writes a small COCO-format set the way a labelling tool exports one (JPEG images,
-polygons, three classes with non-contiguous ids), then runs the README's commands as
+polygons, three classes with non-contiguous ids), then runs the documented commands as
 subprocesses: ``train_net.py`` (a few iterations), ``train_net.py --eval-only``, ``demo.py`` and
 ``plot_figures.py``.
 """
@@ -70,7 +70,8 @@ def run_tool(args, cwd, timeout=600):
 
 @pytest.mark.slow
 def test_own_coco_dataset_trains_evaluates_draws_and_plots(own_data, tmp_path):
-    # The README's config: a quick config plus the data, NUM_CLASSES left to the dataset.
+    # A config of one's own (docs/GETTING_STARTED.md) over the quick config, NUM_CLASSES left to
+    # the dataset.
     config = tmp_path / "my_data.yaml"
     config.write_text(f"""\
 _BASE_: "{QUICK}"

@@ -1,5 +1,5 @@
 """Fast NMS, crop semantics, mask assembly and full-image post-processing, as
-docs/official_implementation.md §8 (mask assembly) and §9 (inference)."""
+docs/REFERENCE.md §8 (mask assembly) and §9 (inference)."""
 import pytest
 import torch
 from detectron2.layers import batched_nms
@@ -32,7 +32,7 @@ def _iou(a, b, eps=1e-6):
 
 
 def _fast_nms_oracle(boxes, scores, coeffs, iou_thr, score_thr, top_k, max_num):
-    """Plain-loop transcription of docs/official_implementation.md §9.2 (Fast NMS)."""
+    """Plain-loop transcription of docs/REFERENCE.md §9.2 (Fast NMS)."""
     boxes_l, scores_l, coeffs_l = boxes.tolist(), scores.tolist(), coeffs.tolist()
     n, num_classes = scores.shape
     dets = []  # (score, class, anchor)

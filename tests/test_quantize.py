@@ -98,7 +98,7 @@ def test_int8_model_quantizes_the_dense_convolutions(float_model, tmp_path):
 
 def test_int8_model_approximates_the_float_model(float_model, tmp_path):
     """int8 moves scores a little: on each image the same number of detections and their sorted
-    scores within 0.05 of the float model's. (Accuracy on a trained model: the docs' int8
+    scores within 0.05 of the float model's. (Accuracy on a trained model: docs/DEPLOY.md's int8
     table; on this random one, which detections make the top 20 among near-ties varies.)"""
     _, src = float_model
     images = _shapes_images(4)

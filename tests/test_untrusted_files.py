@@ -1,5 +1,5 @@
 """Files you did not write: weights from the internet run no code, damaged files never load, and
-two runs never share a folder (README, "What survives what").
+two runs never share a folder (docs/RELIABILITY.md, "What survives what").
 
 * planted payloads (a ``.pkl`` and a ``.pth`` whose unpickling would create a file, a
   ``last_checkpoint`` tag pointing outside its folder) on every path that reads weights:

@@ -1,6 +1,6 @@
 """YOLACT's training and test augmentations on Detectron2's transform API.
 
-The official pipelines: docs/official_implementation.md §2.2 (training pipeline), §2.3 (test
+The official pipelines: docs/REFERENCE.md §2.2 (training pipeline), §2.3 (test
 pipeline).
 
 The official pipeline (mmdetection 2.1.0) is, in order::
@@ -133,7 +133,7 @@ def filter_small_gts(
 class PhotometricTransform(Transform):
     """SSD / mmdet ``PhotoMetricDistortion`` with fixed parameters.
 
-    docs/official_implementation.md §2.2 (training pipeline), step 4.
+    docs/REFERENCE.md §2.2 (training pipeline), step 4.
 
     Steps (each one only if its parameter is not None): brightness ``+delta``; contrast ``*alpha``
     first if ``contrast_first``; colour -> HSV (float, H in degrees); ``S *= saturation``;
@@ -202,7 +202,7 @@ class PhotometricTransform(Transform):
 class PhotometricDistortion(T.Augmentation):
     """Random photometric distortion; every step fires with probability 0.5.
 
-    docs/official_implementation.md §2.2 (training pipeline), step 4.
+    docs/REFERENCE.md §2.2 (training pipeline), step 4.
 
     The random draws follow the official order: brightness coin (+ delta), contrast-mode coin,
     [contrast coin (+ alpha) when contrast comes first], saturation coin (+ factor), hue coin
@@ -325,7 +325,7 @@ class ExpandTransform(Transform):
 class Expand(T.Augmentation):
     """SSD zoom-out: with probability ``prob``, put the image on a larger canvas.
 
-    docs/official_implementation.md §2.2 (training pipeline), step 5.
+    docs/REFERENCE.md §2.2 (training pipeline), step 5.
 
     ``r ~ U(ratio_range)``; canvas ``(int(h r), int(w r))`` filled with ``fill`` (the pixel mean in
     the image's channel order); ``left = int(U(0, w r - w))``, ``top = int(U(0, h r - h))``.
@@ -381,7 +381,7 @@ class MinIoUCropTransform(CropTransform):
 
 
 class MinIoURandomCrop(T.Augmentation):
-    """SSD min-IoU random crop, exactly docs/official_implementation.md §2.2 (training pipeline),
+    """SSD min-IoU random crop, exactly docs/REFERENCE.md §2.2 (training pipeline),
     step 6.
 
     Loop: draw ``mode`` from ``(1, *min_ious, 0)`` (1 = keep the image). Otherwise up to
@@ -516,7 +516,7 @@ class SquareResizeTransform(T.ResizeTransform):
 class SquareResize(T.Augmentation):
     """Squash any image to ``size`` x ``size``.
 
-    docs/official_implementation.md §2.2 (training pipeline) step 7, §2.3 (test pipeline) step 2.
+    docs/REFERENCE.md §2.2 (training pipeline) step 7, §2.3 (test pipeline) step 2.
     """
 
     def __init__(self, size: int):
@@ -604,7 +604,7 @@ class YOLACTAugInput(T.AugInput):
 def build_yolact_train_augmentation(cfg) -> List[T.Augmentation]:
     """YOLACT's training augmentations, without normalisation.
 
-    docs/official_implementation.md §2.2 (training pipeline), steps 4-9.
+    docs/REFERENCE.md §2.2 (training pipeline), steps 4-9.
 
     Photometric distortion (``INPUT.YOLACT.PHOTOMETRIC``), Expand (``EXPAND_PROB``, filled with
     ``MODEL.PIXEL_MEAN``), min-IoU crop (``MIN_IOU_CROP``), resize to ``SIZE`` x ``SIZE``, and a
@@ -643,6 +643,6 @@ def build_yolact_train_augmentation(cfg) -> List[T.Augmentation]:
 def build_yolact_test_augmentation(cfg) -> List[T.Augmentation]:
     """YOLACT's test augmentation: a bilinear resize to ``INPUT.YOLACT.SIZE`` squared.
 
-    docs/official_implementation.md §2.3 (test pipeline).
+    docs/REFERENCE.md §2.3 (test pipeline).
     """
     return [SquareResize(cfg.INPUT.YOLACT.SIZE)]

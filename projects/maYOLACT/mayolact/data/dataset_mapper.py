@@ -1,6 +1,6 @@
 """YOLACT's dataset mapper: Detectron2 dataset dicts -> model inputs.
 
-The official data path: docs/official_implementation.md §2.1-2.3 (data), §13.3 (masks for the
+The official data path: docs/REFERENCE.md §2.1-2.3 (data), §13.3 (masks for the
 assigner), §13.4 (augmentations).
 
 Training, per image:
@@ -20,7 +20,7 @@ Training, per image:
    masks).
 
 Empty masks: the official code keeps GTs whose mask vanished (under the nearest down-scaling or
-the crop); maIoU then gives them no positive anchors (docs/official_implementation.md §6.4,
+the crop); maIoU then gives them no positive anchors (docs/REFERENCE.md §6.4,
 "maIoU"). We drop them instead, so every
 GT that reaches the model has pixels.
 
@@ -28,7 +28,7 @@ Resampling: when no GT is left (after step 3 or 6) the mapper returns ``None``, 
 dataset (:class:`mayolact.data.common.YOLACTMapDataset`, Detectron2's ``MapDataset`` with a seed
 per draw) maps another, randomly chosen image instead, as mmdet's pipeline does when it returns
 None; ``INPUT.YOLACT.MAX_RESAMPLE`` draws in a row without a training input are an error there.
-The official crop may keep only crowd-box centres (docs/official_implementation.md §2.2): such a
+The official crop may keep only crowd-box centres (docs/REFERENCE.md §2.2): such a
 draw ends with no GT and is re-drawn the same way.
 
 Test: read the image, resize it bilinearly to S x S, and emit a uint8 CHW tensor; annotations are

@@ -7,8 +7,9 @@ from its beginning: the first batches are seen again and the ones after the chec
 
 :class:`ResumableTrainingSampler` is that sampler with a position: it keeps the seed in the
 checkpoint and starts the stream after the images the run has consumed, so that the resumed run
-draws exactly what the uninterrupted one would have drawn next (see README, "What survives what",
-for the cases where data-loader workers and aspect-ratio grouping blur the boundary).
+draws exactly what the uninterrupted one would have drawn next (see docs/RELIABILITY.md, "What
+--resume restores", for the cases where data-loader workers and aspect-ratio grouping blur the
+boundary).
 """
 import itertools
 

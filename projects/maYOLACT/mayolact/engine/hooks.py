@@ -131,7 +131,7 @@ class DivergenceGuard(HookBase):
        ``FloatingPointError`` on one, before the optimizer step);
     2. an iteration whose batch had no positive anchor (``num_pos_anchors`` 0 on this process) is
        counted (``zero_positive_iterations`` in the storage, logged) and not judged: OHEM then
-       trains on every negative with normaliser 1 (docs/official_implementation.md §7.1), a loss
+       trains on every negative with normaliser 1 (docs/REFERENCE.md §7.1), a loss
        tens of times the usual one that says nothing about the weights;
     3. ``total_loss`` above ``ceiling`` times the median of the run's first ``window`` judged
        losses (of those so far, during the first window) stops at once (an explosion, also one

@@ -1,4 +1,4 @@
-"""YOLACT's anchor geometry for the fixed-IoU baseline (docs/official_implementation.md §5.2).
+"""YOLACT's anchor geometry for the fixed-IoU baseline (docs/REFERENCE.md §5.2).
 
 YOLACT keeps the geometry of a 550 x 550 input at every scale: float strides
 ``550 / [69, 35, 18, 9, 5]`` = 7.971, 15.714, 30.556, 61.111, 110.0, anchor centres at the

@@ -1,6 +1,6 @@
 """YOLACT's training losses: OHEM softmax CE, SmoothL1 boxes, prototype masks, semantics.
 
-The official losses: docs/official_implementation.md §7 (losses).
+The official losses: docs/REFERENCE.md §7 (losses).
 
 Shape shorthand:
     N: images in the batch.
@@ -41,7 +41,7 @@ __all__ = [
 
 
 def positive_normalizer(labels: Tensor, num_classes: int) -> Tensor:
-    """P = sum over images of max(num_pos_i, 1) (docs/official_implementation.md §7), as a float32
+    """P = sum over images of max(num_pos_i, 1) (docs/REFERENCE.md §7), as a float32
     scalar tensor.
 
     Args:
@@ -60,7 +60,7 @@ def ohem_selection(
 ) -> Tensor:
     """The anchors that train the classifier under OHEM, per image.
 
-    docs/official_implementation.md §7.1 (classification).
+    docs/REFERENCE.md §7.1 (classification).
 
     All positives; of the negatives (label K), the ``min(neg_pos_ratio * num_pos, num_neg)`` with
     the largest loss, or all of them when the image has no positive. Ignored anchors (-1) never.
@@ -102,7 +102,7 @@ def ohem_softmax_cross_entropy(
 ) -> Tensor:
     """Softmax cross entropy with online hard negative mining, as mmdet's YOLACT.
 
-    docs/official_implementation.md §7.1 (classification).
+    docs/REFERENCE.md §7.1 (classification).
 
     Per image: the CE of all positives plus the ``min(neg_pos_ratio*num_pos, num_neg)`` hardest
     negatives (all negatives when the image has no positive); ignored anchors (-1) excluded. The
@@ -167,7 +167,7 @@ def smooth_l1_box_loss(
     """SmoothL1 on encoded deltas of the positive anchors, summed, divided by ``normalizer``.
 
     ``loss_weight * sum_{pos, 4 coords} smoothL1(pred - encode(anchor, gt)) / normalizer``
-    (docs/official_implementation.md §7.2, "Box regression": beta 1, weight 1.5, normaliser P).
+    (docs/REFERENCE.md §7.2, "Box regression": beta 1, weight 1.5, normaliser P).
 
     Args:
         pred_deltas (Tensor): (M, 4) predicted deltas of the positive anchors.
@@ -230,7 +230,7 @@ def yolact_mask_loss(
 ):
     """YOLACT's prototype mask loss, with BCE on logits (AMP-safe).
 
-    The official loss: docs/official_implementation.md §7.3 (mask loss).
+    The official loss: docs/REFERENCE.md §7.3 (mask loss).
 
     For image i, at most ``max_masks`` positives (a random subset otherwise) each give
     ``l = loss_weight * mean_{Hp,Wp}(bce) / (gt_w / W) / (gt_h / H)``, where the target is its
@@ -335,7 +335,7 @@ def semantic_seg_loss(
 ) -> Tensor:
     """The auxiliary semantic segmentation loss, channel = class (no -1 quirk).
 
-    The official loss: docs/official_implementation.md §7.4 (semantic segmentation).
+    The official loss: docs/REFERENCE.md §7.4 (semantic segmentation).
 
     Targets: GT masks bilinearly resized to (Hs, Ws), thresholded at 0.5, max over the instances
     of each class. ``loss = loss_weight * sum_images sum_{c,h,w} BCEWithLogits / (N*Hs*Ws)``.

@@ -133,7 +133,7 @@ class AnchorMatcher:
 class ATSSMatcher(AnchorMatcher):
     """Adaptive Training Sample Selection, with IoU, GIoU, DIoU or maIoU as quality.
 
-    The official algorithm is docs/official_implementation.md §6.3 (ATSS), maIoU §6.4 (maIoU).
+    The official algorithm is docs/REFERENCE.md §6.3 (ATSS), maIoU §6.4 (maIoU).
 
     For every GT: on each level take the ``min(topk, R_l)`` anchors whose centres are nearest the
     GT box centre (L2); over these C candidates set ``thr = mean + std`` (unbiased) of the
@@ -324,7 +324,7 @@ class ATSSMatcher(AnchorMatcher):
 class FixedIoUMatcher(AnchorMatcher):
     """YOLACT's fixed IoU thresholds (mmdet ``MaxIoUAssigner``).
 
-    The official rules are docs/official_implementation.md §6.2 (fixed IoU).
+    The official rules are docs/REFERENCE.md §6.2 (fixed IoU).
 
     Each anchor takes its best GT (the first on ties) and is labelled by the interval of that IoU:
     with ``thresholds=(0.4, 0.5)`` and ``labels=(0, -1, 1)``, negative below 0.4, ignored in

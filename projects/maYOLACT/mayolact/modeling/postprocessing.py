@@ -42,7 +42,7 @@ def fast_nms(
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """YOLACT's Fast NMS, class-wise in parallel (mmdet ``fast_nms``).
 
-    The official algorithm: docs/official_implementation.md §9.2 (Fast NMS).
+    The official algorithm: docs/REFERENCE.md §9.2 (Fast NMS).
 
     Per class, the ``top_k`` candidates by score are kept; a candidate is suppressed when its IoU
     with any higher-scoring candidate of the same class (suppressed or not) exceeds
@@ -133,7 +133,7 @@ def fast_nms(
 
 def box_crop_region(boxes: Tensor, height: int, width: int, padding: int = 1) -> Tensor:
     """The pixels YOLACT's ``crop`` keeps for each box (``sanitize_coordinates``;
-    docs/official_implementation.md §8, "Protonet and mask assembly").
+    docs/REFERENCE.md §8, "Protonet and mask assembly").
 
     With ``x1 = min(x1, x2)``, ``x2 = max(new x1, x2)`` (the official order: a reversed box keeps
     only its padding), then ``x1 = max(x1 - padding, 0)`` and
@@ -189,7 +189,7 @@ def crop_masks(masks: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
 def assemble_masks(prototypes: Tensor, coeffs: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
     """Instance masks ``crop(sigmoid(prototypes . coeffs))`` at prototype resolution.
 
-    As the official assembly: docs/official_implementation.md §8 (protonet and mask assembly).
+    As the official assembly: docs/REFERENCE.md §8 (protonet and mask assembly).
 
     Args:
         prototypes (Tensor): (k, Hp, Wp).
@@ -219,7 +219,7 @@ def yolact_postprocess(
 ) -> Instances:
     """Scale detections of one image to the output size and build full-image masks.
 
-    As the official inference: docs/official_implementation.md §9.3 (rescaling), §9.4 (masks).
+    As the official inference: docs/REFERENCE.md §9.3 (rescaling), §9.4 (masks).
 
     Boxes are scaled per axis from the network input (``results.image_size``) to
     (output_height, output_width), clipped, and empty ones dropped (Detectron2's

@@ -1,6 +1,6 @@
 """YOLACT's prototype network and its training-only semantic segmentation head.
 
-The official modules: docs/official_implementation.md §8 (protonet), §7.4 (semantic loss).
+The official modules: docs/REFERENCE.md §8 (protonet), §7.4 (semantic loss).
 
 Shape shorthand:
     N: images in the batch.
@@ -24,7 +24,7 @@ class ProtoNet(nn.Module):
 
     conv3x3+ReLU x3 -> bilinear x2 (align_corners False) + ReLU -> conv3x3+ReLU -> conv1x1 to k
     + ReLU, so the prototypes are non-negative. Xavier-uniform init, zero bias
-    (docs/official_implementation.md §8, "Protonet and mask assembly").
+    (docs/REFERENCE.md §8, "Protonet and mask assembly").
     """
 
     @configurable
@@ -78,7 +78,7 @@ class ProtoNet(nn.Module):
 class SemanticSegHead(nn.Module):
     """A 1x1 conv from P3 to K class logits; training only. Channel c is class c.
 
-    The official head: docs/official_implementation.md §7.4 (semantic segmentation).
+    The official head: docs/REFERENCE.md §7.4 (semantic segmentation).
     """
 
     @configurable

@@ -1,7 +1,7 @@
 """Weight initialisation shared by the FPNs, the head and the protonet.
 
 The official code initialises every such conv xavier-uniform (gain 1) with zero bias
-(docs/official_implementation.md §11, "Initialisation"). fvcore's ``c2_xavier_fill`` is Caffe2's
+(docs/REFERENCE.md §11, "Initialisation"). fvcore's ``c2_xavier_fill`` is Caffe2's
 XavierFill, a different (fan-in only) uniform bound, so it is not used here.
 """
 from torch import nn

@@ -1,6 +1,6 @@
 """YOLACT's shared box head: class logits, box deltas and prototype coefficients.
 
-The official head: docs/official_implementation.md §5.1 (head).
+The official head: docs/REFERENCE.md §5.1 (head).
 
 Shape shorthand:
     N: images in the batch.
@@ -28,7 +28,7 @@ class YOLACTHead(nn.Module):
 
     ``cls``: A*(K+1) logits (softmax over K+1, background last); ``box``: A*4 deltas;
     ``coeff``: A*k prototype coefficients through ``tanh``. All convs are xavier-uniform with zero
-    bias; there is no prior-probability bias (docs/official_implementation.md §5.1, §11).
+    bias; there is no prior-probability bias (docs/REFERENCE.md §5.1, §11).
     """
 
     @configurable

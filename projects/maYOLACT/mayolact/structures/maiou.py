@@ -1,7 +1,7 @@
 """Mask-aware IoU (maIoU, Alg. 1 of the paper): one kernel, its checked wrappers and the oracle.
 
 maIoU between a ground truth (box B, mask M) and an anchor Â
-(docs/official_implementation.md §6.4, "maIoU"):
+(docs/REFERENCE.md §6.4, "maIoU"):
 
     MOB  = |M| / (|B| + 1e-6)                          mask-over-box ratio (Definition 1)
     I_ma = |round(Â) ∩ M| / MOB = |round(Â) ∩ M| |B| / |M|   mask-aware intersection (Eq. 3)

@@ -1,6 +1,6 @@
 """CARAFE (content-aware reassembly of features) in pure PyTorch.
 
-Re-implements the upsampler of ``mmdet/ops/carafe`` (docs/official_implementation.md §4.3,
+Re-implements the upsampler of ``mmdet/ops/carafe`` (docs/REFERENCE.md §4.3,
 "CARAFE upsampler") without compiled kernels:
 
 1. a 1x1 channel compressor (C -> 64, bias);
@@ -95,11 +95,11 @@ def carafe(
 class CARAFEUpsample(nn.Module):
     """CARAFE upsampler: compressor, content encoder, kernel normaliser and reassembly.
 
-    The official module: docs/official_implementation.md §4.3 (CARAFE upsampler).
+    The official module: docs/REFERENCE.md §4.3 (CARAFE upsampler).
 
     Attributes ``channel_compressor`` and ``content_encoder`` are the two convolutions (mmdet's
     names).
-    Initialisation (docs/official_implementation.md §11, "Initialisation"): compressor
+    Initialisation (docs/REFERENCE.md §11, "Initialisation"): compressor
     xavier-uniform, encoder normal(0, 0.001), biases 0.
     """
 
@@ -177,7 +177,7 @@ class CARAFEUpsample(nn.Module):
     def init_weights(self):
         """Compressor xavier-uniform, content encoder normal(0, 0.001); biases 0.
 
-        As docs/official_implementation.md §11 (initialisation).
+        As docs/REFERENCE.md §11 (initialisation).
         """
         nn.init.xavier_uniform_(self.channel_compressor.weight)
         nn.init.zeros_(self.channel_compressor.bias)

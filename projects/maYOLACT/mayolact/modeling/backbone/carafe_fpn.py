@@ -1,6 +1,6 @@
 """FPN with CARAFE upsampling (mmdet ``FPN_CARAFE``), maYOLACT's neck.
 
-The official neck: docs/official_implementation.md §4.2 (CARAFE FPN).
+The official neck: docs/REFERENCE.md §4.2 (CARAFE FPN).
 
 Built on Detectron2's FPN (which makes the 1x1 laterals ``fpn_lateral{3,4,5}`` and the 3x3 outputs
 ``fpn_output{3,4,5}``), plus:
@@ -13,7 +13,7 @@ Built on Detectron2's FPN (which makes the 1x1 laterals ``fpn_lateral{3,4,5}`` a
 * every output is ``fpn_output{s}(lat[s])``. All convs have bias; there is no norm and no
   activation.
 
-Initialisation (docs/official_implementation.md §11, "Initialisation"): convs xavier-uniform
+Initialisation (docs/REFERENCE.md §11, "Initialisation"): convs xavier-uniform
 with zero bias, CARAFE modules their own init.
 """
 import math
@@ -35,7 +35,7 @@ __all__ = ["CARAFEFPN", "build_yolact_resnet_carafe_fpn_backbone"]
 class CARAFEFPN(NoPaddingMixin, FPN):
     """FPN_CARAFE: Detectron2's FPN laterals/outputs, two extra levels from the input's last
     feature, CARAFE x2 upsampling in a top-down pass over every level, no size divisibility
-    (docs/official_implementation.md §4.2, "CARAFE FPN")."""
+    (docs/REFERENCE.md §4.2, "CARAFE FPN")."""
 
     @configurable
     def __init__(
@@ -93,7 +93,7 @@ class CARAFEFPN(NoPaddingMixin, FPN):
             self.add_module(f"fpn_upsample{s}", up)
             self.upsamplers.append(up)
         # Bottom-up keeps its own init; the upsamplers keep CARAFE's
-        # (docs/official_implementation.md §11, "Initialisation").
+        # (docs/REFERENCE.md §11, "Initialisation").
         xavier_init_convs(*self.level_lateral_convs, *self.level_output_convs)
 
     @classmethod
@@ -130,7 +130,7 @@ class CARAFEFPN(NoPaddingMixin, FPN):
 
 @BACKBONE_REGISTRY.register()
 def build_yolact_resnet_carafe_fpn_backbone(cfg, input_shape: ShapeSpec) -> CARAFEFPN:
-    """maYOLACT's FPN_CARAFE (docs/official_implementation.md §4.2) on
+    """maYOLACT's FPN_CARAFE (docs/REFERENCE.md §4.2) on
     :func:`build_mayolact_resnet`.
 
     Reads ``MODEL.FPN.{IN_FEATURES, OUT_CHANNELS}``, ``MODEL.YOLACT.CARAFE.*`` and the ResNet keys

@@ -1,6 +1,6 @@
 """YOLACT's FPN as used by the official maIoU code (mmdet ``FPN``), on Detectron2's FPN.
 
-The official neck: docs/official_implementation.md §4.1 (FPN).
+The official neck: docs/REFERENCE.md §4.1 (FPN).
 
 Differences from Detectron2's RetinaNet FPN, and nothing else:
 
@@ -9,7 +9,7 @@ Differences from Detectron2's RetinaNet FPN, and nothing else:
 * P6 = conv3x3/s2 on the input C5 and P7 = conv3x3/s2 on P6 **without** a ReLU in between;
 * ``size_divisibility`` is 0 and there are no padding constraints: a 550x550 input gives P3..P7 of
   69, 35, 18, 9 and 5;
-* every conv is xavier-uniform with zero bias (docs/official_implementation.md §11,
+* every conv is xavier-uniform with zero bias (docs/REFERENCE.md §11,
   "Initialisation").
 
 Module names stay Detectron2's (``fpn_lateral{s}``, ``fpn_output{s}``, ``top_block.p6/p7``).
@@ -83,7 +83,7 @@ class LastLevelP6P7NoReLU(LastLevelP6P7):
 
 class YOLACTFPN(NoPaddingMixin, FPN):
     """FPN of YOLACT / maYOLACT's Table 2 models: Detectron2's FPN, bilinear top-down, P6/P7 from
-    C5 without ReLU, no size divisibility (docs/official_implementation.md §4.1, "FPN")."""
+    C5 without ReLU, no size divisibility (docs/REFERENCE.md §4.1, "FPN")."""
 
     @configurable
     def __init__(
@@ -171,7 +171,7 @@ class YOLACTFPN(NoPaddingMixin, FPN):
 
 @BACKBONE_REGISTRY.register()
 def build_yolact_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> YOLACTFPN:
-    """YOLACT's FPN (docs/official_implementation.md §4.1, "FPN") on :func:`build_mayolact_resnet`.
+    """YOLACT's FPN (docs/REFERENCE.md §4.1, "FPN") on :func:`build_mayolact_resnet`.
 
     Reads ``MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE}`` plus the ResNet keys.
 

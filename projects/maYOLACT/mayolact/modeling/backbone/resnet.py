@@ -1,7 +1,7 @@
 """ResNet for maYOLACT: Detectron2's ResNet with a DCNv2 bottleneck that runs on any device.
 
 The detectron2 installed here has no compiled ops, so its ``ModulatedDeformConv`` cannot run. This
-module builds the same network (docs/official_implementation.md §3, "Backbone") from
+module builds the same network (docs/REFERENCE.md §3, "Backbone") from
 Detectron2's ``ResNet``, ``BasicStem``,
 ``BottleneckBlock`` and ``BasicBlock``, and swaps the 3x3 conv of deformable blocks for
 :class:`ModulatedDeformConv2d`, a modulated deformable convolution (DCNv2) on
@@ -181,7 +181,7 @@ def _aten_deform_conv2d(x, offset, weight, bias, *, stride, padding, dilation, m
 class ModulatedDeformBottleneck(BottleneckBlock):
     """Bottleneck block whose 3x3 conv is a DCNv2 (mmdet's ``stage_with_dcn``).
 
-    The official DCNv2 placement: docs/official_implementation.md §3 (backbone).
+    The official DCNv2 placement: docs/REFERENCE.md §3 (backbone).
 
     ``conv2`` (carrying the stride when ``stride_in_1x1`` is False, as in torchvision) becomes a
     :class:`ModulatedDeformConv2d` with ``deform_num_groups`` offset groups; ``conv2_offset`` is a

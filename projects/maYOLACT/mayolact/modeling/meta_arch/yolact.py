@@ -12,7 +12,7 @@ Training: the anchor matcher labels anchors per image (``label_anchors``), then 
 P = sum_i max(num_pos_i, 1) over this process's images, like mmdet per GPU), the prototype mask
 loss with GT-box crops, and the auxiliary semantic loss.
 
-Inference (docs/official_implementation.md §9, "Inference"): softmax, per-level top-k by max
+Inference (docs/REFERENCE.md §9, "Inference"): softmax, per-level top-k by max
 foreground score, decode (dw, dh clamped on both sides, boxes clipped to the input), Fast NMS (or
 batched NMS), then full-image masks through ``mayolact.modeling.postprocessing.yolact_postprocess``
 (never Detectron2's ROI-mask path).
