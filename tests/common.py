@@ -99,45 +99,12 @@ def build_tiny_model(cfg, seed: int = 0):
 
 # ------------------------------------------------------------------ models for export tests
 def trained_like_predictor(cfg, image):
-    """An eager predictor on a seeded random model scaled to behave like a trained one.
+    """An eager predictor on a seeded random model scaled to behave like a trained one
+    (:func:`mayolact.analysis.trained_like.trained_like_predictor`; the weights before the
+    inference rewrites are in ``predictor.checkpoint``, see :func:`save_checkpoint`)."""
+    from mayolact.analysis.trained_like import trained_like_predictor as build
 
-    DCN offsets (zero-initialised) get about a pixel and the CARAFE encoder non-uniform kernels;
-    the classifier and the box regressor are rescaled on ``image`` (BGR) so that the class logits
-    have a standard deviation of 2 (scores spread, rarely saturated: random weights give logits
-    in the hundreds, scores of 0 or 1, and ties) and the box deltas one of 0.5 (random: ~100).
-    The inference rewrites are applied last, as ``cfg`` asks (the predictor's default); the
-    weights before them, as a training run saves them, are in ``predictor.checkpoint``
-    (:func:`save_checkpoint`).
-    """
-    import copy
-
-    from torch import nn
-
-    from mayolact.engine.predictor import YOLACTPredictor
-    from mayolact.modeling.backbone.carafe import CARAFEUpsample
-    from mayolact.modeling.optimize import optimize_if_configured
-
-    exact = cfg.clone()
-    exact.defrost()
-    exact.TEST.YOLACT.OPTIMIZE = False
-    torch.manual_seed(0)
-    predictor = YOLACTPredictor(exact)
-    model = predictor.model
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if name.endswith("conv2_offset"):
-                nn.init.normal_(m.weight, std=0.05)
-            if isinstance(m, CARAFEUpsample):
-                nn.init.normal_(m.content_encoder.weight, std=0.05)
-        x = predictor.preprocess(image)
-        features = model.backbone(model.preprocess_image([x]).tensor)
-        logits, deltas, _ = model.head([features[f] for f in model.head_in_features])
-        for conv, outputs, std in ((model.head.cls_score, logits, 2.0),
-                                   (model.head.bbox_pred, deltas, 0.5)):
-            conv.weight.mul_(std / torch.cat([o.flatten() for o in outputs]).std())
-    predictor.checkpoint = copy.deepcopy(model.state_dict())
-    optimize_if_configured(cfg, model)
-    return predictor
+    return build(cfg, image)
 
 
 def save_checkpoint(predictor, path) -> str:

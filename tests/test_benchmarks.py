@@ -54,6 +54,38 @@ def test_benchmark_inference_interleaves_paths_and_prints_the_ratios(capsys):
     assert len(deviation) == 1  # same detections on the bit-exact path
 
 
+def test_benchmark_inference_matched_load(capsys):
+    """--matched-load: every config again with trained-like weights, which return
+    TEST.DETECTIONS_PER_IMAGE detections each, and the end-to-end ratio at that load."""
+    tool = load_tool("benchmark_inference")
+    dense = QUICK.parent / "yolact_R_50_FPN_quick_fixediou.yaml"
+    dcn = QUICK.parent / "mayolact_R_50_FPN_quick.yaml"
+    assert tool.main(["--configs", str(dense), str(dcn), "--images", "2", "--warmup", "0",
+                      "--device", "cpu", "--threads", "1", "--peak-seconds", "0.05",
+                      "--dataset", "mayolact_shapes_val", "--no-flops", "--matched-load",
+                      "INPUT.YOLACT.SIZE", "96", "MODEL.YOLACT.NUM_CLASSES", "8",
+                      "TEST.DETECTIONS_PER_IMAGE", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "behave like a trained model's" in out  # the caption says what matched load is
+    for config in (dense, dcn):
+        rows = [line for line in out.splitlines()
+                if line.startswith(f"| {config.stem}, matched load |")]
+        assert len(rows) == 2  # end to end, per stage
+        assert [c.strip() for c in rows[0].strip("|").split("|")][7] == "5.0"  # detections
+    ratios = out[out.index("Ratios of this run"):]
+    assert f"{dcn.stem} vs {dense.stem}, end to end at matched load (5.0 and 5.0 " in ratios
+    assert f"{dcn.stem} vs {dense.stem}, end to end: " in ratios  # next to the default one
+
+
+def test_benchmark_inference_matched_load_refuses_trained_weights(tmp_path):
+    tool = load_tool("benchmark_inference")
+    with pytest.raises(ValueError, match="--matched-load rescales seeded random weights"):
+        tool.main(["--configs", str(QUICK), "--images", "1", "--warmup", "0", "--device", "cpu",
+                   "--peak-seconds", "0.05", "--dataset", "mayolact_shapes_val", "--no-flops",
+                   "--matched-load", "MODEL.YOLACT.NUM_CLASSES", "8",
+                   "MODEL.WEIGHTS", str(tmp_path / "model.pth")])
+
+
 def test_benchmark_inference_thread_clock_needs_one_thread():
     tool = load_tool("benchmark_inference")
     with pytest.raises(ValueError, match="--threads 1"):

@@ -16,10 +16,13 @@ GFLOP/s against the peak that the tool measures first on the same device and thr
 matmul and a 3x3 convolution), the time of each stage, measured by the model's own stage hooks
 (:mod:`mayolact.utils.profiling`): pre-process, backbone + FPN, head + protonet, top-k + decode,
 NMS, masks; the arithmetic rate of each ResNet stage (dense and deformable); and the ratios the
-Table 4 claims rest on. ``--compare-paths`` adds the first config's explicitly rewritten path and
-the bit-exact path (``TEST.YOLACT.OPTIMIZE False MODEL.YOLACT.DCN_KERNEL torchvision``) of the
-first and the last config; ``--deviation N`` compares each config's detections with its
-bit-exact path.
+Table 4 claims rest on. ``--matched-load`` adds every config again with trained-like weights
+(:mod:`mayolact.analysis.trained_like`: all models return ``TEST.DETECTIONS_PER_IMAGE``
+detections, so the mask tail runs at the same load) and their end-to-end ratio; random weights
+set the number of detections arbitrarily. ``--compare-paths`` adds the first config's explicitly
+rewritten path and the bit-exact path (``TEST.YOLACT.OPTIMIZE False MODEL.YOLACT.DCN_KERNEL
+torchvision``) of the first and the last config; ``--deviation N`` compares each config's
+detections with its bit-exact path.
 
 Example::
 
@@ -63,6 +66,10 @@ def get_parser():
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="wall: wall-clock time (default); thread: CPU time of the one thread that "
                         "runs the models (with --threads 1; a shared machine inflates it less)")
+    p.add_argument("--matched-load", action="store_true",
+                   help="also time every config with its seeded weights rescaled to behave like "
+                        "a trained model's (mayolact.analysis.trained_like), so that all return "
+                        "TEST.DETECTIONS_PER_IMAGE detections, and print the ratio at that load")
     p.add_argument("--deviation", type=int, default=0, metavar="N",
                    help="compare each config's outputs with its bit-exact path on the first N "
                         "images")

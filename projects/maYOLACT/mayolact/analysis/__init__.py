@@ -7,7 +7,9 @@
 * :mod:`~mayolact.analysis.losses`: Figure 2, the model's own per-anchor training losses
   (:meth:`mayolact.modeling.meta_arch.yolact.YOLACT.per_anchor_losses`) binned by MOB ratio;
 * :mod:`~mayolact.analysis.plots`: matplotlib drawing and atomic :func:`save_figure`;
-* :mod:`~mayolact.analysis.figures`: the sub-commands of ``tools/plot_figures.py``.
+* :mod:`~mayolact.analysis.figures`: the sub-commands of ``tools/plot_figures.py``;
+* :mod:`~mayolact.analysis.trained_like`: a seeded random model that behaves like a trained one
+  (the inference benchmark's matched load, the export tests' models).
 """
 import importlib
 
@@ -28,6 +30,7 @@ _EXPORTS = {
     "gt_mob_ratios": "overlaps",
     "iou_maiou_pairs": "overlaps",
     "save_figure": "plots",
+    "trained_like_predictor": "trained_like",
 }
 
 __all__ = list(_EXPORTS)

@@ -19,12 +19,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from tqdm import tqdm
 
+from mayolact.analysis.trained_like import trained_like_predictor
 from mayolact.config import load_config, load_rows
 from mayolact.engine.predictor import YOLACTPredictor
 from mayolact.utils.profiling import STAGES, StageTimer, count_flops, measure_peak_flops
 
-__all__ = ["ROWS_FILE", "RESNET_STAGES", "BIT_EXACT", "REWRITTEN", "CLOCKS", "ONNX_PARTS",
-           "onnx_time_by_part", "run_benchmark"]
+__all__ = ["ROWS_FILE", "RESNET_STAGES", "BIT_EXACT", "REWRITTEN", "CLOCKS", "MATCHED_LOAD",
+           "ONNX_PARTS", "onnx_time_by_part", "run_benchmark"]
 
 REPO = Path(__file__).resolve().parents[4]
 CFG_DIR = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -39,6 +40,8 @@ REWRITTEN = ("TEST.YOLACT.OPTIMIZE", "True")
 #: ``--clock``: wall-clock seconds, or the CPU seconds of the (single) thread that runs the models,
 #: which a machine shared with other jobs inflates far less.
 CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+#: Label suffix of the ``--matched-load`` rows.
+MATCHED_LOAD = "matched load"
 
 
 def load_images(dataset, n):
@@ -114,14 +117,17 @@ class _Row:
         return self.timer.seconds.get(name, 0.0) / len(self.times)
 
 
-def _eager_row(label, config, overrides, args, images, flops=True) -> _Row:
-    # Random weights unless the overrides name some: the speed does not depend on them. The
-    # same seed for every variant of a config, so that they hold the same weights.
+def _eager_row(label, config, overrides, args, images, flops=True, matched=False) -> _Row:
+    # Random weights unless the overrides name some: the speed of the network does not depend on
+    # them. The same seed for every variant of a config, so that they hold the same weights.
+    # matched: the seeded weights rescaled to behave like a trained model's (trained_like), which
+    # fixes the number of detections, and so the mask tail's load, at TEST.DETECTIONS_PER_IMAGE.
     cfg = load_config(str(config), ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""]
                       + list(args.opts) + list(overrides))
     cfg.freeze()
     torch.manual_seed(0)
-    row = _Row(label, YOLACTPredictor(cfg), CLOCKS[args.clock], config, cfg)
+    predictor = trained_like_predictor(cfg, images[0]) if matched else YOLACTPredictor(cfg)
+    row = _Row(label, predictor, CLOCKS[args.clock], config, cfg)
     if flops and not args.no_flops:
         stages = [f"backbone.bottom_up.{s}" for s in RESNET_STAGES]
         row.flops = count_flops(row.predictor.model, [row.predictor.preprocess(images[0])],
@@ -245,6 +251,13 @@ def run_benchmark(args):
         configs = [(Path(c).stem, Path(c)) for c in args.configs]
     else:
         configs = [(row["label"], CFG_DIR / row["config"]) for row in rows_data.values()]
+    if args.matched_load:
+        for _, path in configs:
+            weights = load_config(str(path), ["MODEL.WEIGHTS", ""] + list(args.opts)).MODEL.WEIGHTS
+            if weights:
+                raise ValueError(f"--matched-load rescales seeded random weights; {path} with the "
+                                 f"overrides names MODEL.WEIGHTS {weights} (trained weights set "
+                                 f"their own load)")
     dataset = args.dataset or ("coco_mini_val" if "coco_mini_val" in DatasetCatalog.list()
                                else "mayolact_shapes_val")
     images = load_images(dataset, args.images)
@@ -257,6 +270,10 @@ def run_benchmark(args):
 
     print("  building the models ...", file=sys.stderr, flush=True)
     rows = [_eager_row(name, path, (), args, images) for name, path in configs]
+    matched = []  # --matched-load: every config again, with trained-like weights
+    if args.matched_load:
+        matched = [_eager_row(f"{name}, {MATCHED_LOAD}", path, (), args, images, matched=True)
+                   for name, path in configs]
     paths = []  # (label, row): other inference paths of the first and the last config
     if args.compare_paths:
         first, last = rows[0], rows[-1]
@@ -267,7 +284,7 @@ def run_benchmark(args):
                                                   BIT_EXACT, args, images)))
     exported = [_exported_row(p, args) for p in args.exported]
     batches = [images[i: i + args.batch] for i in range(0, len(images), args.batch)]
-    _interleaved(rows + [r for _, r in paths] + exported, batches, args.warmup)
+    _interleaved(rows + matched + [r for _, r in paths] + exported, batches, args.warmup)
 
     dev = args.device if device.type == "cpu" else torch.cuda.get_device_name(device)
     clock = "wall-clock" if args.clock == "wall" else "CPU time of the one thread"
@@ -278,12 +295,19 @@ def run_benchmark(args):
           f"peak = {peak / 1e9:.1f} GFLOP/s.")
     print(f"\nEnd-to-end inference, batch {args.batch}, median per image over {len(images)} "
           f"{dataset} images after {args.warmup} warm-up batches, all rows in one interleaved run; "
-          f"FLOP limit = GFLOPs / peak.\n")
+          f"FLOP limit = GFLOPs / peak." + (
+              f" Rows '{MATCHED_LOAD}': the same seeded weights rescaled on the first image to "
+              f"behave like a trained model's (mayolact.analysis.trained_like: class logits of "
+              f"standard deviation 2, box deltas of 0.5, DCN offsets of about a pixel), at the "
+              f"config's thresholds, so that every model returns its TEST.DETECTIONS_PER_IMAGE "
+              f"detections and the mask tail runs at the same load (the detections column "
+              f"shows it); random weights set the number of detections arbitrarily."
+              if matched else "") + "\n")
     print("| model | anchors | params (M) | GFLOPs | ms / image | fps | time vs first row | "
           "detections | GFLOP/s | of peak | FLOP limit (ms) | time / limit | paper fps (V100) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0].median
-    for r in rows + [r for _, r in paths]:
+    for r in rows + matched + [r for _, r in paths]:
         model = r.predictor.model
         anchors = count_anchors(model, r.cfg.INPUT.YOLACT.SIZE, model.device)
         params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -304,7 +328,7 @@ def run_benchmark(args):
           "stage covers (Python, Instances).\n")
     print("| model | " + " | ".join(STAGES) + " | other | end to end |")
     print("|---|" + "---:|" * (len(STAGES) + 2))
-    for r in rows + [r for _, r in paths]:
+    for r in rows + matched + [r for _, r in paths]:
         mean = statistics.mean(r.times)
         cells = [f"{1000 * r.stage_seconds(k):.1f} ({r.stage_seconds(k) / mean:.0%})"
                  for k in STAGES]
@@ -373,6 +397,12 @@ def run_benchmark(args):
                     f"{' and '.join(network)}; the rest grows with the detections)",
                     sum(rows[-1].stage_seconds(k) for k in network)
                     / sum(rows[0].stage_seconds(k) for k in network), "mean times")
+        if matched:
+            counts = " and ".join(f"{statistics.mean(r.detections):.1f}" for r in
+                                  (matched[0], matched[-1]))
+            _ratio_line(f"{rows[-1].label} vs {rows[0].label}, end to end at matched load "
+                        f"({counts} detections per image)", matched[-1].median / matched[0].median,
+                        "target <= 1.15x")
         if not args.no_flops:
             dcn = _dcn_rate_ratio(rows)
             if dcn is not None:
