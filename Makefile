@@ -5,7 +5,7 @@ export PYTHON
 # The tests and the demo are CPU work; keep BLAS from oversubscribing the 2 cores.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install lint test test-fast demo figures benchmarks coco_mini clean
+.PHONY: install lint test test-fast demo figures benchmarks gpu-check coco_mini clean
 
 install:
 	@bash scripts/install.sh
@@ -33,6 +33,10 @@ test-fast: install
 # thread count (mayolact/utils/determinism.py), and the documented demo numbers are 2 threads'.
 demo: install
 	OMP_NUM_THREADS=2 $(PYTHON) tools/demo_job.py --output output/demo
+
+# On a CUDA machine: the CUDA tests and the GPU column of Table 4 in one run (docs/BENCHMARKS.md).
+gpu-check: install
+	bash scripts/gpu_check.sh
 
 # The paper's Figures 1, 3a and 3c on coco_mini (`make coco_mini` builds it from a COCO 2017
 # download) and the shapes set; Figure 2 needs a trained model.

@@ -300,3 +300,15 @@ def test_demo_job_logs_everything_and_keeps_metrics_json(tmp_path):
     assert set(summary["results"]) == {"bbox", "segm"} and "oLRP" in summary["results"]["segm"]
     assert sorted(p.suffix for p in (out / "vis").iterdir()) == [".png", ".png"]  # shapes: PNG
     assert "demo_summary.json" in proc.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the no-device path")
+def test_gpu_check_without_a_device_exits_2_and_runs_nothing(tmp_path):
+    """scripts/gpu_check.sh (the GPU column in one run) stops up front on a machine without CUDA."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")],
+                          env=tool_env(tmp_path, PYTHON=PYTHON, OUT=str(out)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "sees no CUDA device" in proc.stderr
+    assert not out.exists()
