@@ -4,6 +4,20 @@ import pytest
 from common import QUICK_CONFIG as QUICK
 from common import load_tool
 
+# The Table 4 pair at its smallest: a dense fixed-IoU YOLACT and maYOLACT (CARAFE FPN, DCNv2).
+DENSE = QUICK.parent / "yolact_R_50_FPN_quick_fixediou.yaml"
+DCN = QUICK.parent / "mayolact_R_50_FPN_quick.yaml"
+
+
+def _benchmark_pair(capsys, *flags, opts=()):
+    """benchmark_inference on DENSE and DCN, 2 shapes images at 96, one thread; its stdout."""
+    tool = load_tool("benchmark_inference")
+    assert tool.main(["--configs", str(DENSE), str(DCN), "--images", "2", "--warmup", "0",
+                      "--device", "cpu", "--threads", "1", "--peak-seconds", "0.05",
+                      "--dataset", "mayolact_shapes_val", *flags, "INPUT.YOLACT.SIZE", "96",
+                      "MODEL.YOLACT.NUM_CLASSES", "8", *opts]) == 0
+    return capsys.readouterr().out
+
 
 def test_benchmark_inference_prints_the_tables(capsys):
     tool = load_tool("benchmark_inference")
@@ -31,50 +45,35 @@ def test_benchmark_inference_interleaves_paths_and_prints_the_ratios(capsys):
     """--compare-paths: the rewritten and the bit-exact paths in the same run, and the ratios of
     Table 4 (dense vs DCN stages); --deviation: the bit-exact path's detections against the
     default path's; --clock thread on one thread."""
-    tool = load_tool("benchmark_inference")
-    dense = QUICK.parent / "yolact_R_50_FPN_quick_fixediou.yaml"
-    dcn = QUICK.parent / "mayolact_R_50_FPN_quick.yaml"
-    assert tool.main(["--configs", str(dense), str(dcn), "--images", "2", "--warmup", "0",
-                      "--device", "cpu", "--threads", "1", "--clock", "thread",
-                      "--peak-seconds", "0.05", "--dataset", "mayolact_shapes_val",
-                      "--compare-paths", "--deviation", "1", "INPUT.YOLACT.SIZE", "96",
-                      "MODEL.YOLACT.NUM_CLASSES", "8"]) == 0
-    out = capsys.readouterr().out
+    out = _benchmark_pair(capsys, "--clock", "thread", "--compare-paths", "--deviation", "1")
     assert "CPU time of the one thread" in out
-    for label in (f"{dense.stem}, rewritten path", f"{dense.stem}, bit-exact path",
-                  f"{dcn.stem}, bit-exact path"):
+    for label in (f"{DENSE.stem}, rewritten path", f"{DENSE.stem}, bit-exact path",
+                  f"{DCN.stem}, bit-exact path"):
         assert sum(line.startswith(f"| {label} |") for line in out.splitlines()) == 2, label
     ratios = out[out.index("Ratios of this run"):]
-    for what in (f"{dcn.stem} vs {dense.stem}, end to end", "the network alone",
+    for what in (f"{DCN.stem} vs {DENSE.stem}, end to end", "the network alone",
                  "(res3-res5, dense) vs",
                  "default path vs rewritten path", "bit-exact path vs default path"):
         assert what in ratios, what
     deviation = [line for line in out.splitlines()
-                 if line.startswith(f"| {dcn.stem} |") and "| yes |" in line]
+                 if line.startswith(f"| {DCN.stem} |") and "| yes |" in line]
     assert len(deviation) == 1  # same detections on the bit-exact path
 
 
 def test_benchmark_inference_matched_load(capsys):
     """--matched-load: every config again with trained-like weights, which return
     TEST.DETECTIONS_PER_IMAGE detections each, and the end-to-end ratio at that load."""
-    tool = load_tool("benchmark_inference")
-    dense = QUICK.parent / "yolact_R_50_FPN_quick_fixediou.yaml"
-    dcn = QUICK.parent / "mayolact_R_50_FPN_quick.yaml"
-    assert tool.main(["--configs", str(dense), str(dcn), "--images", "2", "--warmup", "0",
-                      "--device", "cpu", "--threads", "1", "--peak-seconds", "0.05",
-                      "--dataset", "mayolact_shapes_val", "--no-flops", "--matched-load",
-                      "INPUT.YOLACT.SIZE", "96", "MODEL.YOLACT.NUM_CLASSES", "8",
-                      "TEST.DETECTIONS_PER_IMAGE", "5"]) == 0
-    out = capsys.readouterr().out
+    out = _benchmark_pair(capsys, "--no-flops", "--matched-load",
+                          opts=("TEST.DETECTIONS_PER_IMAGE", "5"))
     assert "behave like a trained model's" in out  # the caption says what matched load is
-    for config in (dense, dcn):
+    for config in (DENSE, DCN):
         rows = [line for line in out.splitlines()
                 if line.startswith(f"| {config.stem}, matched load |")]
         assert len(rows) == 2  # end to end, per stage
         assert [c.strip() for c in rows[0].strip("|").split("|")][7] == "5.0"  # detections
     ratios = out[out.index("Ratios of this run"):]
-    assert f"{dcn.stem} vs {dense.stem}, end to end at matched load (5.0 and 5.0 " in ratios
-    assert f"{dcn.stem} vs {dense.stem}, end to end: " in ratios  # next to the default one
+    assert f"{DCN.stem} vs {DENSE.stem}, end to end at matched load (5.0 and 5.0 " in ratios
+    assert f"{DCN.stem} vs {DENSE.stem}, end to end: " in ratios  # next to the default one
 
 
 def test_benchmark_inference_matched_load_refuses_trained_weights(tmp_path):
