@@ -172,6 +172,18 @@ def session_env(tmp_path):
     return tool_env(tmp_path, MAYOLACT_CACHE=os.environ["MAYOLACT_CACHE"], **SESSION_SHAPES)
 
 
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen, kill=subprocess.Popen.kill):
+    """Run the block beside ``proc``; however the block ends, ``kill(proc)`` if it still runs
+    (SIGKILL by default), then wait for it, so that no test leaves a process behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill(proc)
+        proc.wait(timeout=60)
+
+
 def wait_for(predicate, timeout, what, proc=None):
     """Poll ``predicate`` every 0.2 s; fail naming ``what`` after ``timeout`` seconds, or as soon
     as ``proc`` (a Popen) has exited."""

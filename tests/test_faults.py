@@ -50,6 +50,7 @@ from common import (
     ListHandler,
     get_config,
     load_tool,
+    reaped,
     session_env,
     tool_env,
     wait_for,
@@ -206,16 +207,12 @@ def test_sigterm_saves_the_current_iteration_and_resume_continues_the_stream(
         proc = subprocess.Popen([PYTHON, TRAIN_NET, *common, "SOLVER.MAX_ITER", "100000"],
                                 cwd=tmp_path, env=session_env(tmp_path), stdout=sink,
                                 stderr=subprocess.STDOUT)
-    try:
+    with reaped(proc):
         log = out / "log.txt"
         wait_for(lambda: log.is_file() and "Starting training" in log.read_text(), 240,
                  "training to start", proc)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     output = console.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
     stop = re.search(r"SIGTERM received: training stopped after iteration (\d+), checkpoint (\S+);",

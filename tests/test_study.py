@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from common import PYTHON, REPO, run_tool, tiny_config, tool_env
+from common import PYTHON, REPO, reaped, run_tool, tiny_config, tool_env
 
 
 def load_study():
@@ -176,15 +176,11 @@ def test_study_resumes_after_a_kill_without_redoing_runs(tmp_path):
     first = out / "atss_iou_seed0" / "result.json"
     proc = subprocess.Popen(args, cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
-    try:
+    with reaped(proc, kill=lambda p: os.killpg(p.pid, signal.SIGKILL)):  # the tool's workers too
         deadline = time.monotonic() + 600
         while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert first.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() else "timeout"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
     stamp = (first.read_bytes(), first.stat().st_mtime_ns)
     assert proc.returncode == -signal.SIGKILL  # killed, not finished
     assert not (out / "atss_maiou_seed1" / "result.json").exists()

@@ -53,6 +53,7 @@ from common import (
     get_config,
     load_tool,
     logged,
+    reaped,
     session_env,
     tool_env,
     wait_for,
@@ -405,7 +406,7 @@ def test_last_checkpoint_rules(tmp_path):
 def test_cleanup_keeps_the_files_of_live_processes(tmp_path):
     checkpointer = YOLACTCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))
     sleeper = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
-    try:
+    with reaped(sleeper):
         dead = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], text=True,
                               capture_output=True, timeout=60).stdout.strip()
         live = tmp_path / f".model_0000004.{sleeper.pid}.tmp.pth"
@@ -415,9 +416,6 @@ def test_cleanup_keeps_the_files_of_live_processes(tmp_path):
             p.write_bytes(b"partial")
         assert sorted(checkpointer.remove_partial_saves()) == sorted([str(gone), str(old_style)])
         assert live.exists()
-    finally:
-        sleeper.kill()
-        sleeper.wait(timeout=60)
 
 
 # ----------------------------------------------------------------------- backbone-only weights
@@ -509,13 +507,10 @@ def test_run_lock_names_the_holder_and_dies_with_it(tmp_path):
         [PYTHON, "-c", "import sys, time; from mayolact.engine.run_lock import RunLock; "
                        "RunLock(sys.argv[1]).acquire(); open(sys.argv[2], 'w').close(); "
                        "time.sleep(120)", str(folder), str(held)], env=tool_env(tmp_path))
-    try:
+    with reaped(holder):
         wait_for(held.exists, 120, "the lock to be held", holder)
         with pytest.raises(RunLockError, match=f"pid {holder.pid} "):
             RunLock(str(folder)).acquire()
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     with RunLock(str(folder)):
         pass
 
@@ -535,7 +530,7 @@ def test_two_concurrent_runs_on_one_folder(tmp_path, shapes):
     with open(console, "w") as sink:
         first = subprocess.Popen(command(100000), cwd=tmp_path, env=env, stdout=sink,
                                  stderr=subprocess.STDOUT)
-    try:
+    with reaped(first):
         wait_for(lambda: (out / "model_0000001.pth").is_file(), 300, "a checkpoint", first)
         for extra in ([], ["--resume"]):
             second = subprocess.run(command(100000, *extra), cwd=tmp_path, env=env,
@@ -545,10 +540,6 @@ def test_two_concurrent_runs_on_one_folder(tmp_path, shapes):
             assert first.poll() is None  # the first run goes on
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     output = console.read_text()
     assert first.returncode == 128 + signal.SIGTERM, output[-3000:]
     # Nothing of the second runs in the first's files: one config, one log, one metrics stream.
