@@ -1,9 +1,7 @@
 """The weights-load benchmark of ``tools/benchmark_weights_load.py``: what the checks of a weights
 file cost (``load_weights_file``) against a bare ``torch.load``, on a checkpoint over 100 MB."""
 import os
-import statistics
 import tempfile
-import time
 
 import torch
 from detectron2.modeling import build_model
@@ -15,17 +13,9 @@ from mayolact.checkpoint.weights_file import (
     load_weights_file,
 )
 from mayolact.config import load_config
+from mayolact.utils.profiling import median_time
 
 __all__ = ["run_benchmark"]
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run_benchmark(config_file: str, repeats: int):
@@ -51,12 +41,12 @@ def run_benchmark(config_file: str, repeats: int):
 
         rows = [
             ("torch.load(weights_only=True)",
-             median_seconds(lambda: torch.load(path, map_location="cpu", weights_only=True),
+             median_time(lambda: torch.load(path, map_location="cpu", weights_only=True),
                             repeats)),
-            ("CRC-32 of every member", median_seconds(crc, repeats)),
+            ("CRC-32 of every member", median_time(crc, repeats)),
             ("finiteness of every tensor",
-             median_seconds(lambda: first_non_finite(loaded), repeats)),
-            ("load_weights_file (all of it)", median_seconds(full, repeats)),
+             median_time(lambda: first_non_finite(loaded), repeats)),
+            ("load_weights_file (all of it)", median_time(full, repeats)),
         ]
     base = rows[0][1]
     print(f"{os.path.basename(config_file)}: {size_mb:.0f} MB checkpoint "

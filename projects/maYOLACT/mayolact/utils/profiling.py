@@ -23,6 +23,7 @@ from torch.nn import functional as F
 __all__ = [
     "STAGES",
     "cpu_time",
+    "median_time",
     "StageTimer",
     "stage",
     "count_flops",
@@ -41,16 +42,24 @@ STAGES = (
 """Stage names, in the order inference runs them."""
 
 
+def median_time(fn: Callable[[], object], repeats: int,
+                clock: Callable[[], float] = time.perf_counter, warmup: int = 0) -> float:
+    """Median seconds of ``clock`` over ``repeats`` calls of ``fn``, after ``warmup`` untimed
+    calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return statistics.median(times)
+
+
 def cpu_time(fn: Callable[[], object], repeats: int) -> float:
     """Median CPU seconds of the calling thread over ``repeats`` calls of ``fn``, after one
     warm-up call: the micro-benchmarks' clock, robust to other processes on the machine."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        times.append(time.thread_time() - start)
-    return statistics.median(times)
+    return median_time(fn, repeats, clock=time.thread_time, warmup=1)
 
 
 def _synchronize(device: torch.device) -> None:
